@@ -1,0 +1,10 @@
+"""Alembic environment: migrations run on the connection the repository hands over."""
+
+from alembic import context
+
+from ttp_gateway.backends.sql.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,124 @@
+"""API keys and what each may do.
+
+A key is known by the SHA-256 digest of its secret only, whether it comes from the configuration
+(`key` or `key_sha256`) or from storage (created with `ttp-gateway keys create`). A presented
+key is hashed and compared with every known digest in constant time, so neither the position nor
+the existence of a match shows in the timing. Keys never reach logs; the key's *name* does.
+
+A key's scope lists the endpoints and operations it may call and, per scope kind ("domains",
+"studies"), the values it may name; "*" allows all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from .errors import NotAuthenticated
+
+WILDCARD = "*"
+SCOPE_KINDS = ("domains", "studies")
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Client:
+    """The caller of a request, as its API key describes it."""
+
+    name: str
+    endpoints: frozenset[str] = frozenset({WILDCARD})
+    operations: frozenset[str] = frozenset({WILDCARD})
+    scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def may_call(self, endpoint: str, operation: str) -> bool:
+        return (_allows(self.endpoints, endpoint)
+                and (_allows(self.operations, operation)
+                     or _allows(self.operations, f"{endpoint}/{operation}")))
+
+    def may_use(self, scope: str, value: str) -> bool:
+        return _allows(self.scopes.get(scope, frozenset({WILDCARD})), value)
+
+
+ANONYMOUS = Client(name="anonymous")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    client: Client
+    sha256: str  # hex digest of the secret
+
+
+def api_key_from_settings(settings: Mapping) -> ApiKey:
+    """An ApiKey from a `[[auth.api_keys]]` table or a stored record of the same shape."""
+    sha = settings.get("key_sha256") or digest(settings["key"])
+    client = Client(
+        name=settings["name"],
+        endpoints=frozenset(settings.get("endpoints", [WILDCARD])),
+        operations=frozenset(settings.get("operations", [WILDCARD])),
+        scopes={kind: frozenset(settings.get(kind, [WILDCARD])) for kind in SCOPE_KINDS},
+    )
+    return ApiKey(client=client, sha256=sha.lower())
+
+
+class KeyRing:
+    """The keys a gateway accepts: those of the configuration plus those in storage.
+
+    Stored keys are loaded when the app starts and again, at most once per `reload_interval`
+    seconds, when a presented key matches none, so a key created by the admin CLI works within
+    seconds in every worker without a restart.
+    """
+
+    def __init__(self, configured: Iterable[ApiKey], load_stored: Callable[[], list[ApiKey]] | None = None,
+                 *, require_key: bool = True, reload_interval: float = 2.0) -> None:
+        self._configured = list(configured)
+        self._load_stored = load_stored
+        self._stored: list[ApiKey] = []
+        self._require_key = require_key
+        self._reload_interval = reload_interval
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def reload(self) -> None:
+        if self._load_stored is not None:
+            self._stored = self._load_stored()
+        self._loaded_at = time.monotonic()
+
+    def authenticate(self, presented: str | None) -> Client:
+        if not presented:
+            if self._require_key:
+                raise NotAuthenticated("an API key is required (header 'apikey' or 'X-API-Key', "
+                                       "or an 'apikey' parameter)")
+            return ANONYMOUS
+        wanted = digest(presented).encode()
+        client = self._match(wanted)
+        if client is None and self._load_stored is not None:
+            with self._lock:
+                if time.monotonic() - self._loaded_at >= self._reload_interval:
+                    self.reload()
+            client = self._match(wanted)
+        if client is None:
+            raise NotAuthenticated("the API key is not valid")
+        return client
+
+    def _match(self, wanted: bytes) -> Client | None:
+        found = None
+        for key in (*self._configured, *self._stored):
+            if hmac.compare_digest(key.sha256.encode(), wanted):
+                found = key.client  # no early exit: the loop takes as long for every key
+        return found
+
+
+def _allows(allowed: frozenset[str], value: str) -> bool:
+    return WILDCARD in allowed or value in allowed

@@ -1,0 +1,188 @@
+"""Configuration: one TOML file, every value overridable from the environment.
+
+Precedence, lowest first: built-in defaults, the TOML file (`--config` or TTP_GATEWAY_CONFIG),
+environment variables `TTP_GATEWAY__<SECTION>__<KEY>` (path segments separated by double
+underscores, case-insensitive, list items by index: `TTP_GATEWAY__API_KEYS__0__KEY`), and
+finally `PORT` for the listening port. Environment values are read as TOML values where they
+parse as one (numbers, booleans, arrays, inline tables) and as plain strings otherwise.
+
+The core reads `[server]`, `[storage]`, `[auth]`, `[logging]` and `[plugins]`; every other
+section belongs to the plugin of that name (`[gpas]`, `[dispatcher]`, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "TTP_GATEWAY__"
+CONFIG_PATH_ENV = "TTP_GATEWAY_CONFIG"
+
+DEFAULTS: dict[str, Any] = {
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "workers": 1,
+        "base_path": "/ttp-fhir/fhir",
+        "max_body_bytes": 32 * 1024 * 1024,
+    },
+    "storage": {"url": "sqlite:///ttp-gateway.db"},
+    "auth": {"require_api_key": True, "api_keys": []},
+    "logging": {"level": "INFO", "format": "json", "audit_file": ""},
+    "plugins": {"disabled": []},
+}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    workers: int
+    base_path: str
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class Config:
+    data: dict[str, Any]
+    source: str  # the file it came from, or "defaults"
+
+    @property
+    def server(self) -> ServerSettings:
+        s = self.data["server"]
+        return ServerSettings(host=str(s["host"]), port=int(s["port"]), workers=int(s["workers"]),
+                              base_path="/" + str(s["base_path"]).strip("/"),
+                              max_body_bytes=int(s["max_body_bytes"]))
+
+    @property
+    def storage_url(self) -> str:
+        return str(self.data["storage"]["url"])
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A plugin's own section (empty when absent)."""
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        return value
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
+        """A copy with some values replaced, e.g. `with_overrides(storage={"url": ...})`."""
+        data = copy.deepcopy(self.data)
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return Config(data, self.source)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    data = copy.deepcopy(DEFAULTS)
+    path = path or environ.get(CONFIG_PATH_ENV) or None
+    source = "defaults"
+    if path:
+        file = Path(path)
+        try:
+            loaded = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+        _merge(data, loaded)
+        source = str(file)
+    _apply_environment(data, environ)
+    if environ.get("PORT"):
+        data["server"]["port"] = _parse_env_value(environ["PORT"])
+    config = Config(data, source)
+    check_core_settings(config)
+    return config
+
+
+def check_core_settings(config: Config) -> None:
+    """Raise ConfigError for core settings that cannot work."""
+    try:
+        server = config.server
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[server]: {exc}") from None
+    if not 0 < server.port < 65536:
+        raise ConfigError("[server] port must be between 1 and 65535")
+    if server.workers < 1:
+        raise ConfigError("[server] workers must be at least 1")
+    if server.max_body_bytes < 1024:
+        raise ConfigError("[server] max_body_bytes must be at least 1024")
+    if not config.storage_url.startswith(("sqlite://", "postgresql", "mongodb://", "mongodb+srv://",
+                                          "mongomock://")):
+        raise ConfigError("[storage] url must start with sqlite://, postgresql://, mongodb:// "
+                          "or mongomock://")
+    keys = config.data["auth"].get("api_keys", [])
+    if not isinstance(keys, list):
+        raise ConfigError("[auth] api_keys must be an array of tables")
+    names = set()
+    for index, key in enumerate(keys):
+        where = f"[[auth.api_keys]] #{index + 1}"
+        if not isinstance(key, dict) or not key.get("name"):
+            raise ConfigError(f"{where} needs a name")
+        if bool(key.get("key")) == bool(key.get("key_sha256")):
+            raise ConfigError(f"{where} ({key['name']}) needs exactly one of key or key_sha256")
+        if key["name"] in names:
+            raise ConfigError(f"{where}: the name {key['name']!r} is used twice")
+        names.add(key["name"])
+        for scope in ("endpoints", "operations", "domains", "studies"):
+            value = key.get(scope, ["*"])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where} ({key['name']}): {scope} must be an array of strings")
+
+
+def _merge(target: dict, source: Mapping) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def _apply_environment(data: dict, environ: Mapping[str, str]) -> None:
+    for name, raw in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = [segment.lower() for segment in name[len(ENV_PREFIX):].split("__") if segment]
+        if not path:
+            continue
+        try:
+            _set_path(data, path, _parse_env_value(raw))
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f"environment variable {name} does not name a configuration value") from None
+
+
+def _set_path(data: Any, path: list[str], value: Any) -> None:
+    node = data
+    for depth, segment in enumerate(path):
+        last = depth == len(path) - 1
+        if isinstance(node, list):
+            index = int(segment)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise TypeError(segment)
+        key = next((k for k in node if k.lower() == segment), segment)
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw

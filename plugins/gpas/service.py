@@ -1,0 +1,153 @@
+"""Pseudonym logic on top of the repository: look up, create, add further pseudonyms, import.
+
+Each method works inside the caller's transaction, so an operation — or the dispatcher, which
+draws project pseudonyms from gPAS domains — composes them into one unit of work. New
+pseudonyms are random candidates offered to the store, which keeps the first it sees per
+original and rejects any that another original holds; losers draw again.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Sequence
+
+from ttp_gateway.backends.base import PseudonymRow, Transaction
+from ttp_gateway.core.errors import NotFound, ServerError
+
+from .domains import Domain, DomainRegistry
+
+# Rounds of drawing before a domain counts as (nearly) full. At 50% occupancy the chance that
+# one pseudonym still collides after 24 rounds is 6e-8.
+MAX_DRAWS = 24
+
+
+class PairOutcome(enum.Enum):
+    CREATED = "created"
+    EXISTS = "exists"                  # the same pair was stored already
+    INVALID = "invalid"                # the pseudonym breaks the domain's rules
+    PSEUDONYM_TAKEN = "pseudonym-taken"
+    ORIGINAL_TAKEN = "original-taken"  # the original has another pseudonym (not multi-psn)
+
+
+class Pseudonymizer:
+    def __init__(self, domains: DomainRegistry) -> None:
+        self.domains = domains
+
+    def domain(self, name: str) -> Domain:
+        domain = self.domains.get(name)
+        if domain is None:
+            raise NotFound(f"domain {name!r} is not known")
+        return domain
+
+    def get_or_create(self, tx: Transaction, domain: Domain, originals: Iterable[str]) -> dict[str, str]:
+        """The pseudonym of every original, created where there is none."""
+        wanted = list(dict.fromkeys(originals))
+        found = tx.get_pseudonyms(domain.name, wanted)
+        missing = [o for o in wanted if o not in found]
+        # Sorted, so that two writers racing over the same originals lock them in one order.
+        missing.sort()
+        for _ in range(MAX_DRAWS):
+            if not missing:
+                return found
+            rows = [PseudonymRow(o, 0, p) for o, p in zip(missing, domain.format.generate(len(missing)))]
+            stored = tx.insert_pseudonyms(domain.name, rows)
+            lost = [row.original for row in rows if row.pseudonym not in stored]
+            found.update((row.original, row.pseudonym) for row in rows if row.pseudonym in stored)
+            if lost:
+                # Either another writer gave the original a pseudonym first (read it back), or
+                # our candidate was taken (draw again).
+                found.update(tx.get_pseudonyms(domain.name, lost))
+            missing = [o for o in lost if o not in found]
+        if missing:
+            raise self._exhausted(tx, domain)
+        return found
+
+    def add_further(self, tx: Transaction, domain: Domain,
+                    requests: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
+        """`count` new pseudonyms for each (original, count) of a multi-psn domain, in order."""
+        originals = sorted({original for original, _ in requests})
+        existing = tx.get_pseudonym_rows(domain.name, originals)
+        next_number = {o: (existing[o][-1].number + 1 if o in existing else 0) for o in originals}
+        created: dict[str, list[str]] = {o: [] for o in originals}
+        pending = [(original, count) for original, count in requests]
+        for _ in range(MAX_DRAWS):
+            wanted = [(o, n) for o, n in pending if n > 0]
+            if not wanted:
+                break
+            rows = []
+            for original, count in sorted(wanted):
+                for _ in range(count):
+                    rows.append(PseudonymRow(original, next_number[original], ""))
+                    next_number[original] += 1
+            candidates = domain.format.generate(len(rows))
+            rows = [PseudonymRow(r.original, r.number, p) for r, p in zip(rows, candidates)]
+            stored = tx.insert_pseudonyms(domain.name, rows)
+            short: dict[str, int] = {}
+            for row in rows:
+                if row.pseudonym in stored:
+                    created[row.original].append(row.pseudonym)
+                else:
+                    short[row.original] = short.get(row.original, 0) + 1
+            if short:
+                # A number taken by a concurrent writer: continue after the highest one stored.
+                latest = tx.get_pseudonym_rows(domain.name, sorted(short))
+                for original in short:
+                    next_number[original] = max(next_number[original], latest[original][-1].number + 1)
+            pending = list(short.items())
+        if any(n > 0 for _, n in pending):
+            raise self._exhausted(tx, domain)
+        # Hand out the new pseudonyms per request, in request order.
+        handed: list[tuple[str, str]] = []
+        cursor = {o: 0 for o in originals}
+        for original, count in requests:
+            start = cursor[original]
+            handed += [(original, p) for p in created[original][start:start + count]]
+            cursor[original] = start + count
+        return handed
+
+    def insert_pairs(self, tx: Transaction, domain: Domain,
+                     pairs: Sequence[tuple[str, str]]) -> list[PairOutcome]:
+        """Import existing (original, pseudonym) pairs, one outcome per pair."""
+        outcomes: list[PairOutcome | None] = []
+        valid = [(o, p) for o, p in pairs if o and domain.format.validate(p) is None]
+        owners: dict[str, str | None] = tx.get_originals(domain.name, sorted({p for _, p in valid}))
+        rows_of = tx.get_pseudonym_rows(domain.name, sorted({o for o, _ in valid}))
+        planned: list[tuple[int, PseudonymRow]] = []
+        for index, (original, pseudonym) in enumerate(pairs):
+            if not original or domain.format.validate(pseudonym) is not None:
+                outcomes.append(PairOutcome.INVALID)
+                continue
+            if pseudonym in owners:
+                same = owners[pseudonym] == original
+                outcomes.append(PairOutcome.EXISTS if same else PairOutcome.PSEUDONYM_TAKEN)
+                continue
+            held = rows_of.get(original, [])
+            if held and not domain.multi_psn:
+                outcomes.append(PairOutcome.ORIGINAL_TAKEN)
+                continue
+            row = PseudonymRow(original, held[-1].number + 1 if held else 0, pseudonym)
+            owners[pseudonym] = original
+            rows_of.setdefault(original, []).append(row)
+            planned.append((index, row))
+            outcomes.append(None)
+        stored = tx.insert_pseudonyms(domain.name, sorted((r for _, r in planned),
+                                                           key=lambda r: (r.original, r.number)))
+        raced = [row for _, row in planned if row.pseudonym not in stored]
+        owners_now = tx.get_originals(domain.name, [r.pseudonym for r in raced]) if raced else {}
+        for index, row in planned:
+            if row.pseudonym in stored:
+                outcomes[index] = PairOutcome.CREATED
+            elif owners_now.get(row.pseudonym) == row.original:
+                outcomes[index] = PairOutcome.EXISTS
+            elif row.pseudonym in owners_now:
+                outcomes[index] = PairOutcome.PSEUDONYM_TAKEN
+            else:
+                outcomes[index] = PairOutcome.ORIGINAL_TAKEN
+        return outcomes  # type: ignore[return-value]
+
+    @staticmethod
+    def _exhausted(tx: Transaction, domain: Domain) -> ServerError:
+        used = tx.count_pseudonyms(domain.name)
+        return ServerError(f"domain {domain.name!r} has no free pseudonyms left "
+                           f"({used} of {domain.format.capacity} possible are in use); "
+                           "configure a longer pseudonym length or another alphabet")
