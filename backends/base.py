@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 
 class StorageError(Exception):
@@ -55,10 +55,10 @@ class StoredApiKey:
                 "studies": list(self.studies)}
 
 
-@dataclass(frozen=True)
-class PseudonymRow:
+class PseudonymRow(NamedTuple):
     """One stored pseudonym: `number` 0 is the original's pseudonym, higher ones are further
-    pseudonyms of a multi-psn domain; `original` is None once anonymised."""
+    pseudonyms of a multi-psn domain; `original` is None once anonymised. (A tuple: batches
+    hold tens of thousands of them.)"""
 
     original: str | None
     number: int
@@ -91,10 +91,10 @@ class Transaction(ABC):
         """The original of each known pseudonym; None where it was anonymised."""
 
     @abstractmethod
-    def insert_pseudonyms(self, domain: str, rows: Sequence[PseudonymRow]) -> set[str]:
+    def insert_pseudonyms(self, domain: str, rows: Sequence[PseudonymRow]) -> set[PseudonymRow]:
         """Store the rows that conflict with no stored one and no earlier row of the batch;
-        return the pseudonyms stored. Rows are taken in the order given; callers sort them so
-        that concurrent writers meet in the same order."""
+        return the rows stored. Rows are taken in the order given; callers sort them so that
+        concurrent writers meet in the same order."""
 
     @abstractmethod
     def delete_originals(self, domain: str, originals: Sequence[str]) -> set[str]:
@@ -122,6 +122,9 @@ class Repository(ABC):
     """A store chosen by URL (`backends.open_repository`)."""
 
     url: str
+    # False for embedded stores whose reads take microseconds and never wait for a lock; the
+    # core then runs small read-only operations without a thread hop.
+    reads_block: bool = True
 
     @abstractmethod
     def migrate(self) -> None:

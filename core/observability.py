@@ -50,13 +50,16 @@ def _frames(tb: Any) -> list[str]:
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", audit_file: str = "") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Log lines (JSON by default) to stderr; audit records to `audit_file` when set, else with
+    the log lines. Lines are written as they happen: a writer thread would cost a request more
+    in contention for the interpreter than the write itself."""
+    stream = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        stream.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [stream]
     root.setLevel(level.upper())
     audit = logging.getLogger("ttp_gateway.audit")
     audit.setLevel(logging.INFO)
@@ -65,6 +68,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json", audit_file: str = 
         file_handler.setFormatter(JsonFormatter())
         audit.handlers[:] = [file_handler]
         audit.propagate = False
+    else:
+        audit.handlers[:] = []
+        audit.propagate = True
     # Uvicorn's access log prints query strings; our own request log replaces it.
     logging.getLogger("uvicorn.access").disabled = True
 

@@ -45,6 +45,7 @@ class Param:
     parts: tuple["Param", ...] = ()
     scope: str | None = None
     reader: Callable[[dict, str], Any] = field(init=False, repr=False, compare=False)
+    scoped: bool = field(init=False, repr=False, compare=False)  # a scope here or in a part
 
     def __post_init__(self) -> None:
         if self.max != UNBOUNDED and (not isinstance(self.max, int) or self.max < 1):
@@ -52,6 +53,7 @@ class Param:
         if self.type is None and not self.parts:
             raise ValueError(f"parameter {self.name}: needs a type or parts")
         object.__setattr__(self, "reader", _reader_for(self))
+        object.__setattr__(self, "scoped", self.scope is not None or any(p.scoped for p in self.parts))
 
     @property
     def repeats(self) -> bool:
@@ -85,10 +87,6 @@ class Operation:
         """The id of the generated OperationDefinition, as the guide names them."""
         words = self.name.replace("-", " ").split()
         return "".join(w[0].upper() + w[1:] for w in words)
-
-    @property
-    def scoped_parameters(self) -> bool:
-        return any(True for _ in _scoped(self.parameters, ()))
 
 
 @dataclass(frozen=True)
@@ -137,6 +135,8 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
 def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(scope, value) for every value of a scoped parameter, parts included."""
     for param in parameters:
+        if not param.scoped:
+            continue
         value = args.get(param.name)
         for instance in (value if param.repeats else (value,)):
             if instance is None:
@@ -145,13 +145,6 @@ def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Ite
                 yield from scoped_values(param.parts, instance)
             elif param.scope is not None:
                 yield param.scope, instance
-
-
-def _scoped(parameters: tuple[Param, ...], trail: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-    for param in parameters:
-        if param.scope is not None:
-            yield trail + (param.name,)
-        yield from _scoped(param.parts, trail + (param.name,))
 
 
 # --- readers: one per declared parameter, built once -------------------------------------------

@@ -7,7 +7,7 @@ the code queries with, and a test checks that the two agree.
 from __future__ import annotations
 
 from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table,
-                        Text, UniqueConstraint, func)
+                        Text, func)
 
 metadata = MetaData()
 
@@ -29,9 +29,9 @@ pseudonym = Table(
     Column("pseudonym", String(255), primary_key=True),
     Column("original", Text, nullable=True),
     Column("number", Integer, nullable=False, server_default="0"),
-    UniqueConstraint("domain_id", "original", "number", name="uq_pseudonym_original"),
     sqlite_with_rowid=False,
 )
+Index("ix_pseudonym_original", pseudonym.c.domain_id, pseudonym.c.original, pseudonym.c.number, unique=True)
 
 api_key = Table(
     "api_key", metadata,

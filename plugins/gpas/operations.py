@@ -175,16 +175,20 @@ class GpasOperations:
     @staticmethod
     def _pseudonym_answer(domain: str, originals: list[str], found: dict[str, str],
                           missing: dict = NOT_FOUND) -> dict:
+        # The hot path of large batches: dict literals, one shared target part.
         target = _id("target", domain)
+        error_code = _code("error-code", missing)
         answer = []
+        append = answer.append
         for original in originals:
             pseudonym = found.get(original)
             if pseudonym is not None:
-                answer.append({"name": "pseudonym", "part": [
-                    target, _id("original", original), _id("pseudonym", pseudonym)]})
+                append({"name": "pseudonym", "part": [
+                    target,
+                    {"name": "original", "valueIdentifier": {"system": SYSTEM, "value": original}},
+                    {"name": "pseudonym", "valueIdentifier": {"system": SYSTEM, "value": pseudonym}}]})
             else:
-                answer.append({"name": "error", "part": [_id("original", original),
-                                                         _code("error-code", missing)]})
+                append({"name": "error", "part": [_id("original", original), error_code]})
         return fhir.parameters(answer)
 
     @staticmethod
@@ -241,7 +245,7 @@ class GpasOperations:
                          _target("multi-psn domain"),
                          Param("value", "string", 1, 1, "the original value"),
                          Param("count", "integer", 1, 1, "how many pseudonyms to create"))),),
-                     returns=(Param("secondarypseudonym", None, 0, "*", "one new pseudonym", parts=(
+                     returns=(Param("secondarypseudonym", None, 1, "*", "one new pseudonym", parts=(
                          Param("target", "Identifier", 1, 1), Param("original", "Identifier", 1, 1),
                          Param("value", "Identifier", 1, 1), Param("result-code", "Coding", 0, 1))),
                               Param("error", None, 0, "*", "a request that failed", parts=(

@@ -9,6 +9,7 @@ original and rejects any that another original holds; losers draw again.
 from __future__ import annotations
 
 import enum
+from itertools import repeat
 from typing import Iterable, Sequence
 
 from ttp_gateway.backends.base import PseudonymRow, Transaction
@@ -49,10 +50,14 @@ class Pseudonymizer:
         for _ in range(MAX_DRAWS):
             if not missing:
                 return found
-            rows = [PseudonymRow(o, 0, p) for o, p in zip(missing, domain.format.generate(len(missing)))]
+            candidates = domain.format.generate(len(missing))
+            rows = list(map(PseudonymRow, missing, repeat(0), candidates))
             stored = tx.insert_pseudonyms(domain.name, rows)
-            lost = [row.original for row in rows if row.pseudonym not in stored]
-            found.update((row.original, row.pseudonym) for row in rows if row.pseudonym in stored)
+            if len(stored) == len(rows):  # the usual case: every candidate was free
+                found.update(zip(missing, candidates))
+                return found
+            lost = [row.original for row in rows if row not in stored]
+            found.update((row.original, row.pseudonym) for row in rows if row in stored)
             if lost:
                 # Either another writer gave the original a pseudonym first (read it back), or
                 # our candidate was taken (draw again).
@@ -84,7 +89,7 @@ class Pseudonymizer:
             stored = tx.insert_pseudonyms(domain.name, rows)
             short: dict[str, int] = {}
             for row in rows:
-                if row.pseudonym in stored:
+                if row in stored:
                     created[row.original].append(row.pseudonym)
                 else:
                     short[row.original] = short.get(row.original, 0) + 1
@@ -132,10 +137,10 @@ class Pseudonymizer:
             outcomes.append(None)
         stored = tx.insert_pseudonyms(domain.name, sorted((r for _, r in planned),
                                                            key=lambda r: (r.original, r.number)))
-        raced = [row for _, row in planned if row.pseudonym not in stored]
+        raced = [row for _, row in planned if row not in stored]
         owners_now = tx.get_originals(domain.name, [r.pseudonym for r in raced]) if raced else {}
         for index, row in planned:
-            if row.pseudonym in stored:
+            if row in stored:
                 outcomes[index] = PairOutcome.CREATED
             elif owners_now.get(row.pseudonym) == row.original:
                 outcomes[index] = PairOutcome.EXISTS

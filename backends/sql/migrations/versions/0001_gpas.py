@@ -28,9 +28,10 @@ def upgrade() -> None:
         sa.Column("pseudonym", sa.String(255), primary_key=True),
         sa.Column("original", sa.Text, nullable=True),
         sa.Column("number", sa.Integer, nullable=False, server_default="0"),
-        sa.UniqueConstraint("domain_id", "original", "number", name="uq_pseudonym_original"),
         sqlite_with_rowid=False,
     )
+    # Named, so that SQLite statements can insist on it (INDEXED BY).
+    op.create_index("ix_pseudonym_original", "pseudonym", ["domain_id", "original", "number"], unique=True)
     op.create_table(
         "api_key",
         sa.Column("name", sa.String(255), primary_key=True),

@@ -1,0 +1,62 @@
+"""`python -m bench [batch|single|matcher ...] [--quick]`: run benchmarks, print each figure next
+to its floor and target, and write the rows to bench/results/latest.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+TARGETS = {
+    "batch": "≥ 40,000 new pseudonyms/s on SQLite and ≤ 2× its floor",
+    "single": "≥ 2,500 requests/s and ≥ 0.6× the bare endpoint",
+    "matcher": "≤ 100 ms median, ≥ 5× faster than anonlink, index ≤ 1.5× raw filter bytes",
+}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("only", nargs="*", metavar="NAME", help=f"any of {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    unknown = set(args.only) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    chosen = args.only or list(TARGETS)
+    print(f"machine: {machine()}", flush=True)
+    rows = []
+    for name in chosen:
+        print(f"\n== {name}: target {TARGETS[name]}", flush=True)
+        started = time.perf_counter()
+        if name == "batch":
+            from . import batch
+
+            found = batch.run(repeats=3 if args.quick else 7, batch=2000 if args.quick else batch.BATCH)
+        elif name == "single":
+            from . import single
+
+            found = single.run(seconds=3 if args.quick else 10)
+        else:
+            from . import matcher
+
+            found = matcher.run(**({"sizes": [100_000], "repeats": 5} if args.quick else {}))
+        for row in found:
+            print("  " + ", ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
+        print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+        rows += [{"group": name, **row} for row in found]
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
