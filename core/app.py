@@ -255,11 +255,13 @@ def _batch_entry(op: Operation, call: Call | FhirError) -> dict:
         log.exception("unhandled error in batch entry", extra={"operation": op.name})
         return {"response": {"status": "500", "outcome": fhir.operation_outcome(
             "fatal", "exception", "internal error")}}
+    outcome = None
     if isinstance(result, Result):
-        status, resource = result.status, result.resource
+        status, resource, outcome = result.status, result.resource, result.outcome
     else:
         status, resource = 200, result
-    outcome = fhir.operation_outcome("information", "informational", "Operation completed successfully.")
+    if outcome is None:
+        outcome = fhir.operation_outcome("information", "informational", "Operation completed successfully.")
     return {"response": {"status": str(status), "outcome": outcome}, "resource": resource}
 
 

@@ -91,10 +91,12 @@ class Operation:
 
 @dataclass(frozen=True)
 class Result:
-    """A handler's answer with a status other than 200."""
+    """A handler's answer with a status other than 200, or, inside a batch, with an outcome of
+    its own for the entry's `response.outcome`."""
 
     resource: dict
     status: int = 200
+    outcome: dict | None = None
 
 
 class Args(dict):

@@ -120,3 +120,16 @@ def client(demo_config: Config) -> Iterator[TestClient]:
     """An HTTP client of a gateway on the demo configuration, sending the demo API key."""
     with client_for(demo_config) as test_client:
         yield test_client
+
+
+def parameters(*items: tuple[str, object]) -> dict:
+    """A Parameters resource: a string value, a dict of value[x] (or resource), or a list of parts."""
+    parameter = []
+    for name, value in items:
+        if isinstance(value, list):
+            parameter.append({"name": name, "part": value})
+        elif isinstance(value, dict):
+            parameter.append({"name": name, **value})
+        else:
+            parameter.append({"name": name, "valueString": value})
+    return {"resourceType": "Parameters", "parameter": parameter}

@@ -14,7 +14,10 @@ def test_demo_configuration_loads() -> None:
     config = load_config(DEMO_CONFIG, environ={})
     assert config.server.port == 8080 and config.server.host == "127.0.0.1"
     assert config.storage_url.startswith("sqlite:///")
-    assert [d["name"] for d in config.section("gpas")["domains"]] == ["MIRACUM", "Datensatz-Ebene"]
+    domains = [d["name"] for d in config.section("gpas")["domains"]]
+    assert domains[:2] == ["MIRACUM", "Datensatz-Ebene"]
+    assert {"dic_muenster", "dic_erlangen", "dic_greifswald", "eyematics"} <= set(domains)
+    assert [s["name"] for s in config.section("dispatcher")["studies"]] == ["mii", "num", "MyStudy"]
     assert config_problems(config, plugin_manager()) == []
 
 

@@ -6,20 +6,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import GPAS, client_for
+from conftest import parameters as params
 
 MIRACUM = "MIRACUM"
-
-
-def params(*items: tuple[str, object]) -> dict:
-    parameter = []
-    for name, value in items:
-        if isinstance(value, list):
-            parameter.append({"name": name, "part": value})
-        elif isinstance(value, dict):
-            parameter.append({"name": name, **value})
-        else:
-            parameter.append({"name": name, "valueString": value})
-    return {"resourceType": "Parameters", "parameter": parameter}
 
 
 def call(client, operation: str, body: dict, status: int = 200) -> dict:

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import BACKENDS
 from ttp_gateway.backends import open_repository
 from ttp_gateway.backends.base import (DomainRecord, PseudonymRow, Repository, StorageError, StoredApiKey,
                                        UnknownDomain)
@@ -411,15 +412,17 @@ def test_concurrent_writers_agree_on_one_pseudonym_per_original(repository: Repo
 
 
 # --- MongoDB specifics ----------------------------------------------------------------------------
+mongo_only = pytest.mark.parametrize("storage_url", [b for b in BACKENDS if b.startswith("mongo")],
+                                     indirect=True)
+
+
 @pytest.fixture
 def mongo_repository(repository: Repository):
-    from ttp_gateway.backends.mongo import MongoRepository
-
-    if not isinstance(repository, MongoRepository):
-        pytest.skip("MongoDB only")
+    """The repository, on the MongoDB backends only (tests using it are marked `mongo_only`)."""
     return repository
 
 
+@mongo_only
 def test_mongo_indexes_and_schema_version(mongo_repository) -> None:
     pseudonym_indexes = mongo_repository.pseudonyms.index_information()
     assert pseudonym_indexes["pseudonym_per_domain"]["unique"]
@@ -429,15 +432,19 @@ def test_mongo_indexes_and_schema_version(mongo_repository) -> None:
     assert mongo_repository.domains.index_information()["domain_name"]["unique"]
     api_key_indexes = mongo_repository.api_keys.index_information()
     assert api_key_indexes["api_key_name"]["unique"] and api_key_indexes["api_key_digest"]["unique"]
-    assert mongo_repository.meta.find_one({"_id": "schema"})["version"] == 1
+    from ttp_gateway.backends.mongo.repository import SCHEMA_VERSION
+
+    assert mongo_repository.meta.find_one({"_id": "schema"})["version"] == SCHEMA_VERSION
 
 
+@mongo_only
 def test_mongo_refuses_a_newer_schema(mongo_repository) -> None:
     mongo_repository.meta.update_one({"_id": "schema"}, {"$set": {"version": 99}})
     with pytest.raises(StorageError, match="newer"):
         mongo_repository.migrate()
 
 
+@mongo_only
 def test_mongo_documents_are_compact(mongo_repository) -> None:
     _create_domain(mongo_repository)
     _insert(mongo_repository, [PseudonymRow("alice", 0, "P-1")])
@@ -447,6 +454,7 @@ def test_mongo_documents_are_compact(mongo_repository) -> None:
     assert document == {"domain": DOMAIN, "pseudonym": "P-1", "number": 0}
 
 
+@mongo_only
 def test_mongo_write_failure_hides_values_and_is_compensated(mongo_repository, monkeypatch) -> None:
     """A write error other than a duplicate key becomes a StorageError naming no value, and
     what the failed write did store is removed when the transaction ends."""

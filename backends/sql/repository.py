@@ -15,15 +15,16 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any, Iterator, Mapping, Sequence
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from ..base import (DomainRecord, PseudonymRow, Repository, StorageError, StoredApiKey, Transaction,
-                    UnknownDomain)
+from ..base import (BloomFilterRow, ClearingCase, DomainRecord, PseudonymRow, Repository, StorageError,
+                    StoredApiKey, StudyRecord, Task, Transaction, UnknownDomain)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x7474_7067  # PostgreSQL advisory lock key held while migrating
@@ -116,10 +117,11 @@ class SqlTransaction(Transaction):
 
     def put_domain(self, domain: DomainRecord) -> bool:
         settings = orjson.dumps(dict(domain.settings)).decode()
-        if self._execute(self._sql.update_domain, (settings, domain.description, domain.name)):
-            return False
-        self._execute(self._sql.insert_domain, (domain.name, settings, domain.description))
-        return True
+        # Insert first: of processes starting together, one inserts and the others update.
+        if self._execute(self._sql.insert_domain, (domain.name, settings, domain.description)):
+            return True
+        self._execute(self._sql.update_domain, (settings, domain.description, domain.name))
+        return False
 
     # --- pseudonyms -----------------------------------------------------------------------
     def get_pseudonyms(self, domain: str, originals: Sequence[str]) -> dict[str, str]:
@@ -177,7 +179,149 @@ class SqlTransaction(Transaction):
         scopes = orjson.dumps({k: settings[k] for k in _SCOPES}).decode()
         return bool(self._execute(self._sql.insert_api_key, (key.name, key.key_sha256, scopes)))
 
+    # --- linkage: studies and persons -------------------------------------------------------
+    def get_studies(self) -> list[StudyRecord]:
+        return [StudyRecord(name=name, settings=_json(settings))
+                for name, settings in self._execute(self._sql.get_studies)]
+
+    def put_study(self, study: StudyRecord) -> bool:
+        settings = orjson.dumps(dict(study.settings)).decode()
+        if self._execute(self._sql.insert_study, (study.name, settings)):
+            return True
+        self._execute(self._sql.update_study, (settings, study.name))
+        return False
+
+    def lock_study(self, study: str) -> None:
+        if not self._execute(self._sql.lock_study, (study,)):
+            raise StorageError(f"study {study!r} is not in the store")
+
+    def create_persons(self, study: str, count: int) -> list[int]:
+        if count <= 0:
+            return []
+        return sorted(row[0] for row in self._execute(self._sql.create_persons, (study, count)))
+
+    def add_bloom_filters(self, study: str, filters: Sequence[tuple[int, str, str, bytes]]) -> None:
+        if not filters:
+            return
+        first = self._next_sequence(study, len(filters))
+        rows = [(study, version, person, site, bloom_filter, first + offset)
+                for offset, (person, site, version, bloom_filter) in enumerate(filters)]
+        self._execute_many(self._sql.insert_bloom_filter, rows)
+
+    def replace_bloom_filters(self, study: str, person: int, site: str, version: str,
+                              bloom_filter: bytes) -> None:
+        current = [row[0] for row in self._execute(self._sql.person_bloom_filters,
+                                                   (study, person, site, version))]
+        first = self._next_sequence(study, len(current) + 1)
+        # Withdrawn rows keep their id with a new sequence number, so readers see them go.
+        self._execute_many(self._sql.withdraw_bloom_filter,
+                           [(first + offset, bf_id) for offset, bf_id in enumerate(current)])
+        self._execute_many(self._sql.insert_bloom_filter,
+                           [(study, version, person, site, bloom_filter, first + len(current))])
+
+    def get_bloom_filter_changes(self, study: str, version: str, after: int) -> list[BloomFilterRow]:
+        return [BloomFilterRow(bf_id, person, site, version, None if data is None else bytes(data), sequence)
+                for bf_id, person, site, data, sequence
+                in self._execute(self._sql.bloom_filter_changes, (study, version, after))]
+
+    def get_bloom_filter_owners(self, study: str, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        if not ids:
+            return {}
+        rows = self._execute(self._sql.bloom_filter_owners, (study, self._sql.array(list(ids))))
+        return {bf_id: (person, site) for bf_id, person, site in rows}
+
+    def find_persons(self, study: str, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        return dict(self._execute(self._sql.find_persons, (study, self._sql.array(keys))))
+
+    def add_person_keys(self, study: str, keys: Sequence[tuple[str, int]]) -> None:
+        if keys:
+            self._execute_many(self._sql.insert_person_key, [(study, key, person) for key, person in keys])
+
+    # --- linkage: clearing and tasks ----------------------------------------------------------
+    def add_case(self, case: ClearingCase) -> None:
+        self._execute(self._sql.insert_case, (
+            case.id, case.study, case.site, case.version, case.bloom_filter,
+            orjson.dumps(case.candidates).decode(), case.status, case.person,
+            _millis(case.created), _millis(case.expires)))
+
+    def get_case(self, case_id: str) -> ClearingCase | None:
+        rows = self._execute(self._sql.select_case + " WHERE id = " + self._sql.p, (case_id,))
+        return _case(rows[0]) if rows else None
+
+    def close_case(self, case_id: str, status: str, person: int | None) -> bool:
+        return bool(self._execute(self._sql.close_case, (status, person, case_id)))
+
+    def get_due_cases(self, study: str, now: datetime) -> list[ClearingCase]:
+        p = self._sql.p
+        rows = self._execute(self._sql.select_case + f" WHERE study = {p} AND status = 'open' AND expires <= {p}",
+                             (study, _millis(now)))
+        return [_case(row) for row in rows]
+
+    def get_open_cases(self, study: str) -> list[ClearingCase]:
+        rows = self._execute(self._sql.select_case + f" WHERE study = {self._sql.p} AND status = 'open' "
+                             "ORDER BY created, id", (study,))
+        return [_case(row) for row in rows]
+
+    def update_case_candidates(self, case_id: str, candidates: list[dict[str, Any]]) -> None:
+        self._execute(self._sql.update_case_candidates, (orjson.dumps(candidates).decode(), case_id))
+
+    def add_tasks(self, tasks: Sequence[Task]) -> None:
+        self._execute_many(self._sql.insert_task, [
+            (t.id, t.study, t.site, t.kind, t.case, orjson.dumps(t.details).decode(), t.status,
+             _millis(t.created), _millis(t.expires)) for t in tasks])
+
+    def get_task(self, task_id: str) -> Task | None:
+        rows = self._execute(self._sql.select_task + " WHERE id = " + self._sql.p, (task_id,))
+        return _task(rows[0]) if rows else None
+
+    def get_open_tasks(self, study: str, site: str | None = None, case: str | None = None) -> list[Task]:
+        p = self._sql.p
+        where, params = [f"study = {p}", "status = 'open'"], [study]
+        if site is not None:
+            where.append(f"site = {p}")
+            params.append(site)
+        if case is not None:
+            where.append(f"case_id = {p}")
+            params.append(case)
+        rows = self._execute(self._sql.select_task + " WHERE " + " AND ".join(where) + " ORDER BY created, id",
+                             tuple(params))
+        return [_task(row) for row in rows]
+
+    def set_task_status(self, task_ids: Sequence[str], status: str) -> None:
+        self._execute_many(self._sql.set_task_status, [(status, task_id) for task_id in task_ids])
+
+    def expire_tasks(self, study: str, now: datetime) -> int:
+        return len(self._execute(self._sql.expire_tasks, (study, _millis(now))))
+
+    def put_idat(self, case_id: str, task_id: str, site: str, idat: Mapping[str, Any]) -> None:
+        self._execute(self._sql.insert_idat, (task_id, case_id, site, orjson.dumps(idat).decode()))
+
+    def get_idat(self, case_id: str) -> dict[str, Mapping[str, Any]]:
+        return {task_id: orjson.loads(data)
+                for task_id, data in self._execute(self._sql.select_idat, (case_id,))}
+
+    def delete_idat(self, case_id: str) -> None:
+        self._execute(self._sql.delete_idat, (case_id,))
+
     # --- helpers --------------------------------------------------------------------------
+    def _next_sequence(self, study: str, count: int) -> int:
+        """The first of `count` new change numbers of the study (held under its lock)."""
+        rows = self._execute(self._sql.advance_sequence, (count, study))
+        if not rows:
+            raise StorageError(f"study {study!r} is not in the store")
+        return rows[0][0] - count + 1
+
+    def _execute_many(self, sql: str, rows: Sequence[tuple]) -> None:
+        if not rows:
+            return
+        cursor = self._connection.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+
     def _batch(self, statement: str, domain: str, *params: Any) -> list[tuple]:
         return self._execute(self._sql.statements[statement], (self._domain_id(domain), *params))
 
@@ -199,6 +343,27 @@ class SqlTransaction(Transaction):
             cursor.close()
 
 
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _moment(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+
+
+def _case(row: tuple) -> ClearingCase:
+    case_id, study, site, version, bloom_filter, candidates, status, person, created, expires = row
+    return ClearingCase(id=case_id, study=study, site=site, version=version, bloom_filter=bloom_filter,
+                        candidates=_json(candidates), status=status, person=person,
+                        created=_moment(created), expires=_moment(expires))
+
+
+def _task(row: tuple) -> Task:
+    task_id, study, site, kind, case_id, details, status, created, expires = row
+    return Task(id=task_id, study=study, site=site, kind=kind, case=case_id, details=_json(details),
+                status=status, created=_moment(created), expires=_moment(expires))
+
+
 def _json(value: Any) -> Any:
     """A JSON column's value: PostgreSQL's driver decodes it already, SQLite's does not."""
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
@@ -214,10 +379,43 @@ class _Dialect:
         self.get_domains = "SELECT name, settings, description FROM domain ORDER BY name"
         self.update_domain = (f"UPDATE domain SET settings = {p}, description = {p} WHERE name = {p} "
                               "RETURNING id")
-        self.insert_domain = f"INSERT INTO domain (name, settings, description) VALUES ({p}, {p}, {p})"
+        self.insert_domain = (f"INSERT INTO domain (name, settings, description) VALUES ({p}, {p}, {p}) "
+                              "ON CONFLICT DO NOTHING RETURNING id")
         self.get_api_keys = "SELECT name, key_sha256, scopes FROM api_key ORDER BY name"
         self.insert_api_key = (f"INSERT INTO api_key (name, key_sha256, scopes) VALUES ({p}, {p}, {p}) "
                                "ON CONFLICT DO NOTHING RETURNING name")
+        self.p = p
+        self.get_studies = "SELECT name, settings FROM study ORDER BY name"
+        self.update_study = f"UPDATE study SET settings = {p} WHERE name = {p} RETURNING name"
+        self.insert_study = f"INSERT INTO study (name, settings) VALUES ({p}, {p}) ON CONFLICT DO NOTHING RETURNING name"
+        self.lock_study = f"SELECT name FROM study WHERE name = {p}"
+        self.advance_sequence = (f"UPDATE study SET change_sequence = change_sequence + {p} WHERE name = {p} "
+                                 "RETURNING change_sequence")
+        self.insert_bloom_filter = ("INSERT INTO bloom_filter (study, version, person, site, bloom_filter, sequence) "
+                                    f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})")
+        self.person_bloom_filters = (f"SELECT id FROM bloom_filter WHERE study = {p} AND person = {p} AND site = {p} "
+                                     f"AND version = {p} AND bloom_filter IS NOT NULL")
+        self.withdraw_bloom_filter = f"UPDATE bloom_filter SET bloom_filter = NULL, sequence = {p} WHERE id = {p}"
+        self.bloom_filter_changes = ("SELECT id, person, site, bloom_filter, sequence FROM bloom_filter "
+                                     f"WHERE study = {p} AND version = {p} AND sequence > {p} ORDER BY sequence")
+        self.insert_person_key = (f"INSERT INTO person_key (study, key, person) VALUES ({p}, {p}, {p}) "
+                                  "ON CONFLICT DO NOTHING")
+        self.insert_case = ("INSERT INTO clearing_case (id, study, site, version, bloom_filter, candidates, status, "
+                            f"person, created, expires) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+        self.select_case = ("SELECT id, study, site, version, bloom_filter, candidates, status, person, created, "
+                            "expires FROM clearing_case")
+        self.close_case = (f"UPDATE clearing_case SET status = {p}, person = {p} WHERE id = {p} AND status = 'open' "
+                           "RETURNING id")
+        self.update_case_candidates = f"UPDATE clearing_case SET candidates = {p} WHERE id = {p}"
+        self.insert_task = ("INSERT INTO task (id, study, site, kind, case_id, details, status, created, expires) "
+                            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+        self.select_task = "SELECT id, study, site, kind, case_id, details, status, created, expires FROM task"
+        self.set_task_status = f"UPDATE task SET status = {p} WHERE id = {p}"
+        self.expire_tasks = (f"UPDATE task SET status = 'expired' WHERE study = {p} AND status = 'open' "
+                             f"AND expires <= {p} RETURNING id")
+        self.insert_idat = f"INSERT INTO idat (task_id, case_id, site, data) VALUES ({p}, {p}, {p}, {p})"
+        self.select_idat = f"SELECT task_id, data FROM idat WHERE case_id = {p}"
+        self.delete_idat = f"DELETE FROM idat WHERE case_id = {p}"
 
     def array(self, values: Sequence[str]) -> Any:
         raise NotImplementedError
@@ -227,6 +425,15 @@ class _Dialect:
 
 
 class _SqliteDialect(_Dialect):
+    def __init__(self, statements: dict[str, str], placeholder: str) -> None:
+        super().__init__(statements, placeholder)
+        self.create_persons = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) "
+                               "INSERT INTO person (study) SELECT ?1 FROM n WHERE true RETURNING id")
+        self.find_persons = ("SELECT k.key, k.person FROM json_each(?2) AS batch CROSS JOIN person_key AS k "
+                             "WHERE k.study = ?1 AND k.key = batch.value")
+        self.bloom_filter_owners = ("SELECT b.id, b.person, b.site FROM json_each(?2) AS batch "
+                                    "CROSS JOIN bloom_filter AS b WHERE b.id = batch.value AND b.study = ?1")
+
     def array(self, values: Sequence[str]) -> Any:
         return orjson.dumps(values).decode()
 
@@ -241,6 +448,16 @@ class _PostgresDialect(_Dialect):
         self.update_domain = self.update_domain.replace("settings = %s", "settings = %s::json")
         self.insert_domain = self.insert_domain.replace("VALUES (%s, %s, %s)", "VALUES (%s, %s::json, %s)")
         self.insert_api_key = self.insert_api_key.replace("VALUES (%s, %s, %s)", "VALUES (%s, %s, %s::json)")
+        self.update_study = self.update_study.replace("settings = %s", "settings = %s::json")
+        self.insert_study = self.insert_study.replace("VALUES (%s, %s)", "VALUES (%s, %s::json)")
+        self.insert_case = self.insert_case.replace("%s, %s, %s, %s, %s, %s, %s", "%s, %s, %s, %s, %s, %s::json, %s", 1)
+        self.insert_task = self.insert_task.replace("VALUES (%s, %s, %s, %s, %s, %s,", "VALUES (%s, %s, %s, %s, %s, %s::json,")
+        self.update_case_candidates = self.update_case_candidates.replace("candidates = %s", "candidates = %s::json")
+        # A row lock on the study: writers of one study queue here, in any process or replica.
+        self.lock_study = "SELECT name FROM study WHERE name = %s FOR UPDATE"
+        self.create_persons = "INSERT INTO person (study) SELECT %s FROM generate_series(1, %s) RETURNING id"
+        self.find_persons = "SELECT key, person FROM person_key WHERE study = %s AND key = ANY(%s)"
+        self.bloom_filter_owners = "SELECT id, person, site FROM bloom_filter WHERE study = %s AND id = ANY(%s)"
 
     def array(self, values: Sequence[str]) -> Any:
         return list(values)
@@ -326,6 +543,7 @@ def _take_over_sqlite_transactions(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous = FULL")  # a commit the client saw survives power loss
         cursor.execute("PRAGMA busy_timeout = 30000")
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA secure_delete = ON")  # deleted identifying data is overwritten in the file
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -1,0 +1,299 @@
+"""The dispatcher's operations: declarations and handlers.
+
+Answers follow the guide's examples part for part. Per-item problems (a filter of an unknown
+version, a pending clearing, an unknown site pseudonym) are `error` parts beside the other
+items' answers; a study, site, task or event named once for the whole request that is not
+known fails the request with 404.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ttp_gateway.core import fhir
+from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated, NotFound
+from ttp_gateway.core.gateway import Call
+from ttp_gateway.core.operations import Args, Operation, Param
+
+from . import bloom
+from .idat import IDAT_ELEMENTS_SYSTEM, idat_from_patient
+from .linkage import PSN_AVAILABLE, REPEAT_REQUEST, SEND_IDAT, Linker, Query
+from .patients import PatientLinker
+from .studies import REQUIRED_ELEMENTS, Study, StudyRegistry
+
+ENDPOINT = "dispatcher"
+SYSTEM = "https://ths-greifswald.de/gpas"
+CANONICAL = "https://ths-greifswald.de/fhir/OperationDefinition/dispatcher"
+PENDING = fhir.issue_type("incomplete")  # linkage deferred to a clearing: ask again after it
+NOT_FOUND = fhir.issue_type("not-found")
+INVALID = fhir.issue_type("invalid")
+TASK_ORDER = (PSN_AVAILABLE, SEND_IDAT, REPEAT_REQUEST)
+
+
+def _id(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "valueIdentifier": {"system": SYSTEM, "value": value}}
+
+
+def _bloom_filter(value: str) -> dict[str, Any]:
+    return {"name": "bloomfilter", "valueBase64Binary": value}
+
+
+def _code(name: str, coding: dict) -> dict[str, Any]:
+    return {"name": name, "valueCoding": coding}
+
+
+def _instant(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class DispatcherOperations:
+    def __init__(self, studies: StudyRegistry, linker: Linker, patients: PatientLinker) -> None:
+        self.studies = studies
+        self.linker = linker
+        self.patients = patients
+
+    # --- lookups ------------------------------------------------------------------------------
+    def study(self, name: str) -> Study:
+        study = self.studies.get(name)
+        if study is None:
+            raise NotFound(f"study {name!r} is not known")
+        return study
+
+    @staticmethod
+    def _domain_of(study: Study, name: str, *, sites_only: bool = False) -> str:
+        if name not in (study.sites if sites_only else study.domains):
+            raise NotFound(f"{'site' if sites_only else 'domain'} {name!r} is not part of study {study.name!r}")
+        return name
+
+    # --- $requestPsnFromBfWorkflow ------------------------------------------------------------
+    def request_psn_from_bf(self, call: Call) -> dict:
+        study = self.study(call.args["study"])
+        site = self._domain_of(study, call.args["target"], sites_only=True)
+        queries = [self._query(study, item) for item in call.args["bloomfilter"]]
+        outcomes = self.linker.link(study, site, queries, call.now())
+        call.audit("request-psn-from-bf", study=study.name, site=site, items=len(queries),
+                   pending=sum(1 for o in outcomes if o.pending))
+        answer = []
+        for query, outcome in zip(queries, outcomes):
+            if outcome.pseudonym is not None:
+                answer.append({"name": "pseudonym-bf", "part": [
+                    _bloom_filter(query.given), _id("target", site), _id("pseudonym", outcome.pseudonym)]})
+            else:
+                code = PENDING if outcome.pending else fhir.issue_type(outcome.error or "invalid")
+                answer.append({"name": "error", "part": [
+                    _bloom_filter(query.given), _id("target", site), _code("error-code", code)]})
+        return fhir.parameters(answer)
+
+    @staticmethod
+    def _query(study: Study, item: Any) -> Query:
+        """A filter given plainly (the study's default version) or as bloomfilter and version parts."""
+        if isinstance(item, Args):
+            text, version = item["bloomfilter"], item["version"]
+        else:
+            text, version = item, study.default_version
+        query = Query(given=text, version=version)
+        if version not in study.versions:
+            query.error = "not-found"
+            return query
+        try:
+            query.bloom_filter = bloom.decode_filter(text, study.versions[version].length)
+        except ValueError:
+            query.error = "invalid"
+            return query
+        query.canonical = bloom.encode_filter(query.bloom_filter)
+        return query
+
+    # --- $requestTasks ------------------------------------------------------------------------
+    def request_tasks(self, call: Call) -> dict:
+        study = self.study(call.args["study"])
+        site = self._domain_of(study, call.args["target"])
+        now = call.now()
+        self.linker.expire(study, now)
+        with call.repository.transaction() as tx:
+            tasks = [t for t in tx.get_open_tasks(study.name, site=site) if t.expires > now]
+        tasks.sort(key=lambda t: (TASK_ORDER.index(t.kind), t.created, t.id))
+        call.audit("request-tasks", study=study.name, site=site, items=len(tasks))
+        return fhir.parameters(self._task_parameter(study, t) for t in tasks)
+
+    @staticmethod
+    def _task_parameter(study: Study, task) -> dict:
+        details = task.details
+        if task.kind == PSN_AVAILABLE:
+            parts = [_bloom_filter(details["bloomfilter"]), _id("target", task.site),
+                     _id("pseudonym", details["pseudonym"])]
+        elif task.kind == SEND_IDAT:
+            parts = [{"name": "expires", "valueInstant": _instant(task.expires)},
+                     {"name": "taskId", "valueId": task.id}]
+            parts.append(_id("pseudonym", details["pseudonym"]) if "pseudonym" in details
+                         else _bloom_filter(details["bloomfilter"]))
+            parts += [_code("element", {"code": element, "system": IDAT_ELEMENTS_SYSTEM})
+                      for element in details["elements"]]
+        else:
+            parts = [_id("study", study.name), _bloom_filter(details["bloomfilter"]), _id("target", task.site)]
+        return {"name": task.kind, "part": parts}
+
+    # --- $providePatientData ------------------------------------------------------------------
+    def provide_patient_data(self, call: Call) -> dict:
+        task_id, site, now = call.args["taskId"], call.args["target"], call.now()
+        with call.repository.transaction() as tx:
+            task = tx.get_task(task_id)
+        if task is None or task.kind != SEND_IDAT:
+            raise NotFound(f"task {task_id!r} is not known")
+        if not call.client.may_use("studies", task.study) or task.site != site:
+            raise NotAuthenticated(f"task {task_id!r} belongs to another site")
+        study = self.study(task.study)
+        if task.status != "open" or task.expires <= now:
+            raise NotFound(f"task {task_id!r} is no longer open", issue_code="expired")
+        requested = task.details["elements"]
+        idat = idat_from_patient(call.args["patient"], requested,  # 422 when lacking or wrong
+                                 optional=set(requested) - REQUIRED_ELEMENTS)
+        with call.repository.transaction(write=True) as tx:
+            tx.lock_study(study.name)
+            current = tx.get_task(task_id)
+            if current is None or current.status != "open":
+                raise NotFound(f"task {task_id!r} is no longer open", issue_code="expired")
+            decided = self.linker.provide(tx, study, current, idat, now)
+        call.audit("provide-patient-data", study=study.name, site=site, task=task_id,
+                   decided=decided is not None)
+        message = "Patient data received; clearing decided." if decided else "Patient data received."
+        return {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": fhir.informational(message, fhir.MSG_CREATED)}]}
+
+    # --- $updateBf ----------------------------------------------------------------------------
+    def update_bf(self, call: Call) -> dict:
+        study = self.study(call.args["study"])
+        site = self._domain_of(study, call.args["source"], sites_only=True)
+        version = call.args["bfVersion"]
+        if version not in study.versions:
+            raise NotFound(f"Bloom filter version {version!r} is not configured for study {study.name!r}")
+        try:
+            data = bloom.decode_filter(call.args["bloomfilter"], study.versions[version].length)
+        except ValueError as error:
+            raise InvalidRequest(f"parameter 'bloomfilter': {error}") from None
+        pseudonym = call.args["pseudonym"]
+        with call.repository.transaction(write=True) as tx:
+            person = study.person_of(tx.get_originals(site, [pseudonym]).get(pseudonym))
+            if person is None:
+                raise NotFound(f"pseudonym {pseudonym!r} is not known at {site!r} in study {study.name!r}")
+            tx.lock_study(study.name)
+            tx.replace_bloom_filters(study.name, person, site, version, data)
+        call.audit("update-bf", study=study.name, site=site, version=version)
+        return fhir.informational("Bloomfilter updated.", fhir.MSG_UPDATED)
+
+    # --- $requestPsnWorkflow ------------------------------------------------------------------
+    def request_psn_workflow(self, call: Call) -> dict:
+        study = self.study(call.args["study"])
+        source = self._domain_of(study, call.args["source"])
+        target = self._domain_of(study, call.args["target"])
+        create = True
+        if call.args["event"] is not None:
+            event = study.events.get(call.args["event"])
+            if event is None:
+                raise NotFound(f"event {call.args['event']!r} is not configured for study {study.name!r}")
+            if event.target != target or (event.sources and source not in event.sources):
+                raise InvalidRequest(f"event {event.name!r} does not lead from {source!r} to {target!r}")
+            create = event.create
+        originals = call.args["original"]
+        domain = self.linker.pseudonyms.domain(target)
+        with call.repository.transaction(write=create) as tx:
+            owners = tx.get_originals(source, originals)
+            keys = {o: key for o in originals if study.person_of(key := owners.get(o)) is not None}
+            if create:
+                found = self.linker.pseudonyms.get_or_create(tx, domain, sorted(set(keys.values())))
+            else:
+                found = tx.get_pseudonyms(target, sorted(set(keys.values())))
+        call.audit("request-psn-workflow", study=study.name, source=source, target=target, items=len(originals))
+        answer = []
+        for original in originals:
+            pseudonym = found.get(keys.get(original, ""))
+            if pseudonym is not None:
+                answer.append({"name": "pseudonym", "part": [
+                    _id("original", original), _id("target", target), _id("pseudonym", pseudonym)]})
+            else:
+                answer.append({"name": "error", "part": [
+                    _id("original", original), _id("target", target), _code("error-code", NOT_FOUND)]})
+        return fhir.parameters(answer)
+
+    # --- declarations -------------------------------------------------------------------------
+    def declarations(self) -> list[Operation]:
+        study = Param("study", "string", 1, 1, "the study", scope="studies")
+        target_site = Param("target", "string", 1, 1, "the site (its domain)", scope="domains")
+        return [
+            self._op("requestPsnFromBfWorkflow", self.request_psn_from_bf,
+                     description="Link 1..n Bloom filters of a site within a study; answers the site "
+                                 "pseudonym of each, or an error part (pending clearing, unusable filter).",
+                     parameters=(
+                         study,
+                         Param("bloomfilter", "base64Binary", 1, "*",
+                               "Bloom filter (base64), plain or as bloomfilter and version parts", parts=(
+                                   Param("bloomfilter", "base64Binary", 1, 1, "Bloom filter"),
+                                   Param("version", "string", 1, 1, "its version"))),
+                         target_site),
+                     returns=(
+                         Param("pseudonym-bf", None, 0, "*", "the site pseudonym of one filter", parts=(
+                             Param("bloomfilter", "base64Binary", 1, 1), Param("target", "Identifier", 1, 1),
+                             Param("pseudonym", "Identifier", 1, 1))),
+                         Param("error", None, 0, "*", "a filter without a pseudonym (yet)", parts=(
+                             Param("bloomfilter", "base64Binary", 0, 1), Param("target", "Identifier", 0, 1),
+                             Param("error-code", "Coding", 1, 1))))),
+            self._op("requestTasks", self.request_tasks, affects_state=False,
+                     description="The open tasks of a site: send_idat, dic_psn_available, repeat_request.",
+                     parameters=(study, Param("target", "string", 1, 1, "the site asking", scope="domains")),
+                     returns=(
+                         Param("dic_psn_available", None, 0, "*", "a pseudonym decided by a clearing", parts=(
+                             Param("expires", "instant", 0, 1), Param("bloomfilter", "base64Binary", 1, 1),
+                             Param("target", "Identifier", 1, 1), Param("pseudonym", "Identifier", 1, 1))),
+                         Param("send_idat", None, 0, "*", "identifying data wanted for a clearing", parts=(
+                             Param("expires", "instant", 1, 1), Param("taskId", "id", 1, 1),
+                             Param("pseudonym", "Identifier", 0, 1), Param("bloomfilter", "base64Binary", 0, 1),
+                             Param("element", "Coding", 1, "*"))),
+                         Param("repeat_request", None, 0, "*", "a request to send again", parts=(
+                             Param("expires", "instant", 0, 1), Param("study", "Identifier", 1, 1),
+                             Param("bloomfilter", "base64Binary", 1, 1), Param("target", "Identifier", 1, 1))))),
+            self._op("providePatientData", self.provide_patient_data,
+                     description="Identifying data for a send_idat task; deleted irrevocably once the "
+                                 "clearing is decided.",
+                     parameters=(Param("taskId", "id", 1, 1, "the send_idat task"),
+                                 Param("target", "string", 1, 1, "the site answering", scope="domains"),
+                                 Param("patient", "Patient", 1, 1, "Patient in the IDAT profile")),
+                     returns=(Param("return", "Bundle", 0, 1, "outcome"),)),
+            self._op("updateBf", self.update_bf, url=f"{CANONICAL}/UpdateBf",
+                     description="Replace the Bloom filter of a version for a known site pseudonym.",
+                     parameters=(study, Param("bloomfilter", "base64Binary", 1, 1, "the new Bloom filter"),
+                                 Param("source", "string", 1, 1, "the site", scope="domains"),
+                                 Param("pseudonym", "string", 1, 1, "its pseudonym at the site"),
+                                 Param("bfVersion", "string", 1, 1, "Bloom filter version")),
+                     returns=(Param("return", "OperationOutcome", 1, 1, "outcome"),)),
+            self._op("requestPsnWorkflow", self.request_psn_workflow,
+                     description="Map 1..n pseudonyms of a source domain to the person's pseudonym in a "
+                                 "target domain, created where needed (unless the event only looks up).",
+                     parameters=(Param("original", "string", 1, "*", "pseudonyms in the source domain"),
+                                 study,
+                                 Param("source", "string", 1, 1, "source domain", scope="domains"),
+                                 Param("target", "string", 1, 1, "target domain", scope="domains"),
+                                 Param("event", "string", 0, 1, "a configured workflow")),
+                     returns=(
+                         Param("pseudonym", None, 0, "*", "the target pseudonym of one original", parts=(
+                             Param("original", "Identifier", 1, 1), Param("target", "Identifier", 1, 1),
+                             Param("pseudonym", "Identifier", 1, 1))),
+                         Param("error", None, 0, "*", "an original without one", parts=(
+                             Param("original", "Identifier", 0, 1), Param("target", "Identifier", 0, 1),
+                             Param("error-code", "Coding", 1, 1))))),
+            self._op("pseudonymizePatient", self.patients.pseudonymize_patient, batch=True,
+                     url="https://ths-greifswald.de/fhir/OperationDefinition/gpas/pseudonymizePatient",
+                     description="Link a Patient by its identifiers or demographics and answer count "
+                                 "pseudonyms per context domain; several in a batch Bundle.",
+                     parameters=(study, Param("patient", "Patient", 1, 1, "the Patient"),
+                                 Param("context", None, 1, "*", "where to pseudonymise", parts=(
+                                     Param("target", "string", 1, 1, "domain", scope="domains"),
+                                     Param("count", "integer", 0, 1, "pseudonyms wanted; 0 looks up only")))),
+                     returns=(Param("externalPatientId", "string", 1, 1, "Patient.id as sent"),
+                              Param("pseudonym", None, 1, "*", "pseudonyms of one domain", parts=(
+                                  Param("target", "Identifier", 1, 1), Param("value", "Identifier", 0, "*"))))),
+        ]
+
+    @staticmethod
+    def _op(name: str, handler: Any, url: str | None = None, **declaration: Any) -> Operation:
+        return Operation(endpoint=ENDPOINT, name=name, handler=handler, url=url or f"{CANONICAL}/{name}",
+                         title=name, **declaration)

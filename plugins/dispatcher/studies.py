@@ -1,0 +1,168 @@
+"""Linkage studies: their sites, project domains, Bloom filter versions, thresholds and events.
+
+A study is configured in `[[dispatcher.studies]]` or created with `ttp-gateway studies create`;
+either way it lives in storage. Sites and project domains are gPAS domains of this service: a
+site's pseudonyms and a project's pseudonyms are drawn there, through the repository.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Mapping
+
+from ttp_gateway.backends.base import Repository, StudyRecord
+
+from .idat import ELEMENT_ATTRIBUTES
+
+DEFAULT_ELEMENTS = ("given", "family", "birthdate", "gender", "birthplace", "maidenname")
+# Sites send requested IDAT "as far as known"; a clearing cannot decide without these.
+REQUIRED_ELEMENTS = frozenset({"given", "family", "birthdate", "gender"})
+
+
+@dataclass(frozen=True)
+class BloomFilterVersion:
+    name: str
+    length: int  # bits
+
+
+@dataclass(frozen=True)
+class Event:
+    """A named `$requestPsnWorkflow` workflow: which target it serves, from which sources, and
+    whether it may create pseudonyms there or only look them up."""
+
+    name: str
+    target: str
+    sources: tuple[str, ...] = ()
+    create: bool = True
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    sites: tuple[str, ...]
+    projects: tuple[str, ...] = ()
+    versions: Mapping[str, BloomFilterVersion] = field(default_factory=dict)
+    default_version: str = "1"
+    match_threshold: float = 0.94
+    possible_match_threshold: float = 0.8
+    task_ttl: timedelta = timedelta(days=14)
+    idat_elements: tuple[str, ...] = DEFAULT_ELEMENTS
+    events: Mapping[str, Event] = field(default_factory=dict)
+    candidates: int = 3  # persons compared in one clearing at most
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Mapping[str, Any]) -> "Study":
+        """A study from its settings; ValueError names the first one that cannot work."""
+        known = {"name", "sites", "projects", "versions", "default_version", "match_threshold",
+                 "possible_match_threshold", "task_ttl_hours", "idat_elements", "events", "candidates"}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"study {name!r}: unknown settings {', '.join(sorted(unknown))}")
+        sites = tuple(settings.get("sites", ()))
+        projects = tuple(settings.get("projects", ()))
+        if not (sites or projects) or not all(isinstance(s, str) and s for s in sites + projects):
+            raise ValueError(f"study {name!r} needs sites or projects (names of domains)")
+        versions = {}
+        for entry in settings.get("versions", [{"name": "1", "length": 1600}]):
+            version = BloomFilterVersion(str(entry.get("name", "")), int(entry.get("length", 0)))
+            if not version.name or version.length < 8:
+                raise ValueError(f"study {name!r}: every version needs a name and a length of at least 8 bits")
+            versions[version.name] = version
+        default_version = str(settings.get("default_version", next(iter(versions))))
+        if default_version not in versions:
+            raise ValueError(f"study {name!r}: default_version {default_version!r} is not a configured version")
+        match = float(settings.get("match_threshold", cls.match_threshold))
+        possible = float(settings.get("possible_match_threshold", cls.possible_match_threshold))
+        if not 0 < possible <= match <= 1:
+            raise ValueError(f"study {name!r}: thresholds must satisfy 0 < possible_match_threshold "
+                             "<= match_threshold <= 1")
+        elements = tuple(settings.get("idat_elements", DEFAULT_ELEMENTS))
+        strange = [e for e in elements if e not in ELEMENT_ATTRIBUTES]
+        if strange or not elements:
+            raise ValueError(f"study {name!r}: unknown IDAT elements {', '.join(strange) or '(none given)'}")
+        ttl_hours = float(settings.get("task_ttl_hours", 14 * 24))
+        if ttl_hours <= 0:
+            raise ValueError(f"study {name!r}: task_ttl_hours must be positive")
+        events = {}
+        for entry in settings.get("events", []):
+            event = Event(name=str(entry.get("name", "")), target=str(entry.get("target", "")),
+                          sources=tuple(entry.get("sources", ())), create=bool(entry.get("create", True)))
+            domains = set(sites) | set(projects)
+            if not event.name or event.target not in domains or not set(event.sources) <= domains:
+                raise ValueError(f"study {name!r}: event {event.name or '(unnamed)'} needs a name and a "
+                                 "target (and sources) among the study's sites and projects")
+            events[event.name] = event
+        candidates = int(settings.get("candidates", 3))
+        if candidates < 1:
+            raise ValueError(f"study {name!r}: candidates must be at least 1")
+        return cls(name=name, sites=sites, projects=projects, versions=versions,
+                   default_version=default_version, match_threshold=match,
+                   possible_match_threshold=possible, task_ttl=timedelta(hours=ttl_hours),
+                   idat_elements=elements, events=events, candidates=candidates)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "sites": list(self.sites), "projects": list(self.projects),
+            "versions": [{"name": v.name, "length": v.length} for v in self.versions.values()],
+            "default_version": self.default_version, "match_threshold": self.match_threshold,
+            "possible_match_threshold": self.possible_match_threshold,
+            "task_ttl_hours": self.task_ttl.total_seconds() / 3600, "idat_elements": list(self.idat_elements),
+            "events": [{"name": e.name, "target": e.target, "sources": list(e.sources), "create": e.create}
+                       for e in self.events.values()],
+            "candidates": self.candidates,
+        }
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Every domain of the study: sites first, then projects."""
+        return self.sites + tuple(p for p in self.projects if p not in self.sites)
+
+    def person_key(self, person: int) -> str:
+        """The original under which a person's pseudonyms are kept in the study's domains."""
+        return f"{self.name}:{person}"
+
+    def person_of(self, key: str | None) -> int | None:
+        """The person of a key of this study; None for a key of another study or none."""
+        if not key:
+            return None
+        study, _, number = key.rpartition(":")
+        return int(number) if study == self.name and number.isdigit() else None
+
+
+class StudyRegistry:
+    """The studies in storage, cached per process, reloaded when one is asked for that is not
+    known (at most once a second), like the domain registry."""
+
+    def __init__(self, repository: Repository, reload_interval: float = 1.0) -> None:
+        self._repository = repository
+        self._reload_interval = reload_interval
+        self._studies: dict[str, Study] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Study | None:
+        study = self._studies.get(name)
+        if study is None and time.monotonic() - self._loaded_at >= self._reload_interval:
+            self.reload()
+            study = self._studies.get(name)
+        return study
+
+    def all(self) -> list[Study]:
+        self.reload()
+        return sorted(self._studies.values(), key=lambda s: s.name)
+
+    def reload(self) -> None:
+        with self._lock:
+            with self._repository.transaction() as tx:
+                records = tx.get_studies()
+            self._studies = {r.name: Study.from_settings(r.name, r.settings) for r in records}
+            self._loaded_at = time.monotonic()
+
+    def put(self, study: Study) -> bool:
+        with self._repository.transaction(write=True) as tx:
+            created = tx.put_study(StudyRecord(study.name, study.settings()))
+        self._studies[study.name] = study
+        return created

@@ -1,0 +1,463 @@
+"""Bloom filter codec (Java BitSet byte order) and the vectorised Dice index.
+
+The index is checked against the plain-Python `bloom.dice` reference: same scores, best first,
+ties by ascending key. `SmallIndex` shrinks blocks, capacity and the key-lookup rebuild limit so
+that small examples run through every code path that large indexes take (several blocks, helper
+threads, growth, shrinking, rebuilt and stale lookups). No timing assertions: speed is measured
+by bench/matcher.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from ttp_gateway.plugins.dispatcher import bloom
+from ttp_gateway.plugins.dispatcher.matcher import FilterIndex
+
+
+class SmallIndex(FilterIndex):
+    _block_rows = 8
+    _sparse_share = 1  # always finish rows left after the halfway bound one by one
+    _parallel_min_rows = 16
+    _queries_per_pass = 3
+    _min_capacity = 4
+    _recent_min = 4
+
+
+INDEX_CLASSES = [FilterIndex, SmallIndex]
+
+# Lengths that are and are not multiples of 8 and 64.
+LENGTHS = st.one_of(st.sampled_from([1, 13, 64, 65, 100, 900, 1000, 1024, 1600]), st.integers(1, 2100))
+
+
+def reference(
+    stored: dict[int, bytes], query: bytes, min_score: float, limit: int
+) -> list[tuple[int, float]]:
+    scored = [(key, bloom.dice(query, data)) for key, data in stored.items()]
+    scored = [(key, score) for key, score in scored if score >= min_score]
+    scored.sort(key=lambda pair: (-pair[1], pair[0]))
+    return scored[:limit]
+
+
+def random_filter(rng: random.Random, length_bits: int, density: float | None = None) -> bytes:
+    density = rng.random() if density is None else density
+    return bloom.from_positions([i for i in range(length_bits) if rng.random() < density], length_bits)
+
+
+@st.composite
+def filters_of(draw: st.DrawFn, length_bits: int) -> bytes:
+    # Mostly random densities, sometimes empty or full, to reach the 0/0 and 1.0 corners.
+    kind = draw(st.sampled_from(["random", "random", "random", "empty", "full"]))
+    if kind == "empty":
+        return bytes(bloom.byte_length(length_bits))
+    if kind == "full":
+        return bloom.from_positions(range(length_bits), length_bits)
+    seed = draw(st.integers(0, 2**32))
+    return random_filter(random.Random(seed), length_bits)
+
+
+# --- codec: Java BitSet.toByteArray() order ----------------------------------------------------
+
+
+def test_bit_zero_encodes_like_java() -> None:
+    assert bloom.from_positions([0], 8) == b"\x01"
+    assert bloom.encode_filter(bloom.from_positions([0], 1600)) == "AQ=="
+
+
+def test_bit_nine_is_second_byte_second_bit() -> None:
+    assert bloom.from_positions([9], 16) == b"\x00\x02"
+    assert bloom.positions(b"\x00\x02") == [9]
+
+
+def test_java_bitset_example() -> None:
+    # new BitSet(); set(63); set(64); toByteArray() == {0,0,0,0,0,0,0,(byte)0x80,0x01}
+    data = bloom.from_positions([63, 64], 1600)
+    assert bloom.encode_filter(data) == base64.b64encode(bytes(7) + b"\x80\x01").decode()
+
+
+def test_trailing_zero_bytes_are_dropped_and_padded_back() -> None:
+    data = bloom.from_positions([0, 9], 1600)
+    assert len(data) == 200
+    text = bloom.encode_filter(data)
+    assert text == "AQI="
+    assert bloom.decode_filter(text, 1600) == data
+    assert bloom.decode_filter("AQI", 1600) == data  # missing padding
+    assert bloom.decode_filter("  AQI=\n", 1600) == data  # surrounding whitespace
+    # The same filter from a fixed-length encoder (clkhash-like) decodes identically.
+    assert bloom.decode_filter(base64.b64encode(data).decode(), 1600) == data
+
+
+def test_decode_pads_to_length_not_multiple_of_eight() -> None:
+    data = bloom.decode_filter("AQ==", 13)
+    assert data == b"\x01\x00"
+    assert bloom.decode_filter(bloom.encode_filter(bloom.from_positions([12], 13)), 13) == b"\x00\x10"
+
+
+def test_decode_accepts_zero_bytes_beyond_the_length() -> None:
+    assert bloom.decode_filter(base64.b64encode(b"\x01\x00\x00").decode(), 8) == b"\x01"
+
+
+@pytest.mark.parametrize(
+    ("data", "length_bits"),
+    [
+        (bloom.from_positions([12], 16), 12),  # bit 12 in a 12-bit version
+        (bloom.from_positions([15], 16), 13),
+        (b"\x01\x00\x01", 16),  # a third byte with a bit set
+        (bloom.from_positions([1600], 1608), 1600),
+    ],
+)
+def test_decode_rejects_bits_beyond_the_version_length(data: bytes, length_bits: int) -> None:
+    with pytest.raises(ValueError, match="beyond"):
+        bloom.decode_filter(bloom.encode_filter(data), length_bits)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["AQ*=", "A", "AAAAA", "AQ==AQ==", "AQ===", "-_8=", "AQ I=", "Ä", "AQ\x00"],
+)
+def test_decode_rejects_invalid_base64(text: str) -> None:
+    with pytest.raises(ValueError, match="base64"):
+        bloom.decode_filter(text, 1600)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n", "==", "="])
+def test_decode_rejects_empty_input(text: str) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        bloom.decode_filter(text, 1600)
+
+
+def test_decode_rejects_non_text() -> None:
+    with pytest.raises(ValueError):
+        bloom.decode_filter(b"AQ==", 1600)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "length_bits"),
+    [
+        ("c2VjcmV0UGVyc29uRmlsdGVy", 64),  # valid base64, too long for 64 bits
+        ("c2VjcmV0UGVyc29uRmlsdGVy*", 1600),  # invalid character
+        ("c2VjcmV0UGVyc29uRmlsdGVyA", 1600),  # invalid length
+    ],
+)
+def test_errors_never_contain_the_filter(text: str, length_bits: int) -> None:
+    with pytest.raises(ValueError) as caught:
+        bloom.decode_filter(text, length_bits)
+    for shown in (str(caught.value), repr(caught.value), repr(caught.value.__cause__)):
+        assert text[:8] not in shown
+    index = FilterIndex(64)
+    with pytest.raises(ValueError) as caught:
+        index.upsert([1], [b"secretPersonFilter"])
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("length_bits", [0, -8, 1.5, True])
+def test_length_must_be_positive_bits(length_bits: object) -> None:
+    with pytest.raises(ValueError):
+        bloom.decode_filter("AQ==", length_bits)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        FilterIndex(length_bits)  # type: ignore[arg-type]
+
+
+@given(length_bits=LENGTHS, data=st.data())
+def test_encode_decode_round_trip(length_bits: int, data: st.DataObject) -> None:
+    chosen = data.draw(st.sets(st.integers(0, length_bits - 1), min_size=1))
+    filter_bytes = bloom.from_positions(chosen, length_bits)
+    assert bloom.positions(filter_bytes) == sorted(chosen)
+    text = bloom.encode_filter(filter_bytes)
+    assert not base64.b64decode(text).endswith(b"\0")
+    assert bloom.decode_filter(text, length_bits) == filter_bytes
+
+
+def test_from_positions_rejects_positions_outside_the_filter() -> None:
+    with pytest.raises(ValueError):
+        bloom.from_positions([16], 16)
+    with pytest.raises(ValueError):
+        bloom.from_positions([-1], 16)
+
+
+# --- Dice reference ----------------------------------------------------------------------------
+
+
+def test_dice_hand_computed() -> None:
+    a = bloom.from_positions([0, 1, 2, 3], 16)
+    b = bloom.from_positions([2, 3, 4], 16)
+    assert bloom.popcount(a) == 4
+    assert bloom.dice(a, b) == 2 * 2 / (4 + 3)
+    assert bloom.dice(a, a) == 1.0
+    assert bloom.dice(a, bloom.from_positions([8, 9], 16)) == 0.0
+    empty = bytes(2)
+    assert bloom.dice(empty, empty) == 0.0
+    assert bloom.dice(a, empty) == 0.0
+    # Shorter (Java-trimmed) and padded forms compare as equal.
+    assert bloom.dice(b"\x01", b"\x01\x00\x00") == 1.0
+    assert bloom.dice(bloom.from_positions([0, 9], 1000), b"\x01\x02") == 1.0
+
+
+# --- the index against the reference ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index_class", INDEX_CLASSES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(length_bits=LENGTHS, data=st.data())
+def test_search_equals_reference(
+    index_class: type[FilterIndex], length_bits: int, data: st.DataObject
+) -> None:
+    stored_filters = data.draw(st.lists(filters_of(length_bits), max_size=60), label="filters")
+    keys = data.draw(
+        st.lists(st.integers(-(2**63), 2**63 - 1), min_size=len(stored_filters),
+                 max_size=len(stored_filters), unique=True),
+        label="keys",
+    )
+    queries = data.draw(st.lists(filters_of(length_bits), min_size=1, max_size=5), label="queries")
+    min_score = data.draw(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1), label="min_score")
+    limit = data.draw(st.integers(1, 12), label="limit")
+    stored = dict(zip(keys, stored_filters))
+    index = index_class(length_bits)
+    index.upsert(keys, stored_filters)
+    assert len(index) == len(stored)
+    for query in queries:
+        assert index.search(query, min_score, limit) == reference(stored, query, min_score, limit)
+    assert index.search_many(queries, min_score, limit) == [
+        reference(stored, query, min_score, limit) for query in queries
+    ]
+
+
+@pytest.mark.parametrize("index_class", INDEX_CLASSES)
+def test_top_k_ties_are_ordered_by_key(index_class: type[FilterIndex]) -> None:
+    same = bloom.from_positions([1, 5, 7], 100)
+    index = index_class(100)
+    index.upsert([50, 3, 40, 7, 20, 9, 11, 2, 30, 8], [same] * 10)
+    index.upsert([99], [bloom.from_positions([1, 5], 100)])
+    assert index.search(same, 0.0, 4) == [(2, 1.0), (3, 1.0), (7, 1.0), (8, 1.0)]
+    assert index.search(same, 0.0, 11)[-1] == (99, 0.8)
+    assert len(index.search(same, 0.0, 100)) == 11
+
+
+@pytest.mark.parametrize("index_class", INDEX_CLASSES)
+def test_min_score_includes_the_boundary(index_class: type[FilterIndex]) -> None:
+    index = index_class(16)
+    index.upsert([1, 2, 3], [bloom.from_positions(p, 16) for p in ([0, 1], [0, 2], [4, 5])])
+    query = bloom.from_positions([0, 1], 16)
+    assert index.search(query, 0.5) == [(1, 1.0), (2, 0.5)]
+    assert index.search(query, 0.51) == [(1, 1.0)]
+    assert index.search(query, 1.01) == []
+    assert index.search(query, 0.0, limit=0) == []
+
+
+def test_empty_index_and_empty_batches() -> None:
+    index = FilterIndex(1600)
+    assert index.search(bloom.from_positions([3], 1600), 0.0) == []
+    assert index.search_many([], 0.0) == []
+    index.upsert([], [])
+    index.remove([])
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize("index_class", INDEX_CLASSES)
+def test_upsert_replaces_a_keys_filter(index_class: type[FilterIndex]) -> None:
+    index = index_class(64)
+    first, second = bloom.from_positions([1, 2, 3], 64), bloom.from_positions([40, 41], 64)
+    index.upsert([7, 8], [first, first])
+    index.upsert([7], [second])
+    assert len(index) == 2
+    assert index.search(second, 0.0) == [(7, 1.0), (8, 0.0)]
+    # Within one batch, the last filter given for a key wins.
+    index.upsert(np.array([8, 9, 8]), [second, first, second])
+    assert len(index) == 3
+    assert index.search(second, 0.9) == [(7, 1.0), (8, 1.0)]
+
+
+@pytest.mark.parametrize("index_class", INDEX_CLASSES)
+def test_remove(index_class: type[FilterIndex]) -> None:
+    rng = random.Random(5)
+    stored = {key: random_filter(rng, 90) for key in range(10, 30)}
+    index = index_class(90)
+    index.upsert(list(stored), list(stored.values()))
+    index.remove([29])  # the last row
+    index.remove([10, 10, 12345, -1])  # the first row (refilled by the last), twice, unknown keys
+    del stored[29], stored[10]
+    assert len(index) == len(stored)
+    for query in stored.values():
+        assert index.search(query, 0.0, 50) == reference(stored, query, 0.0, 50)
+    index.remove(list(stored))
+    assert len(index) == 0
+    assert index.search(random_filter(rng, 90), 0.0) == []
+    index.upsert([10], [stored[11]])  # back after removal
+    assert index.search(stored[11], 0.0) == [(10, 1.0)]
+
+
+def test_growth_across_capacity_boundaries_keeps_everything_findable() -> None:
+    rng = random.Random(11)
+    index = FilterIndex(1000)
+    stored: dict[int, bytes] = {}
+    for key in range(3000):  # one at a time: every growth step, and the key-lookup rebuild
+        stored[key * 3] = bloom.from_positions([key % 1000, *rng.sample(range(1000), 40)], 1000)
+        index.upsert([key * 3], [stored[key * 3]])
+        if key in (63, 64, 65, 80, 81, 1024, 1025, 2999):
+            for found_key, data in stored.items():
+                assert index.search(data, 1.0, 1) == [(found_key, 1.0)]
+    big = {10**12 + key: random_filter(rng, 1000, 0.1) for key in range(5000)}
+    index.upsert(list(big), list(big.values()))  # one batch across several boundaries
+    stored |= big
+    assert len(index) == len(stored)
+    for found_key, data in list(stored.items())[::37]:
+        assert index.search(data, 1.0, 1) == [(found_key, 1.0)]
+
+
+def test_shorter_filters_count_as_zero_padded() -> None:
+    index = FilterIndex(1600)
+    index.upsert([1], [b"\x01\x02"])  # Java-trimmed
+    assert index.search(bloom.from_positions([0, 9], 1600), 0.0) == [(1, 1.0)]
+    assert index.search(b"\x01", 0.0) == [(1, 2 / 3)]
+
+
+def test_index_rejects_filters_that_do_not_fit_the_version() -> None:
+    index = FilterIndex(13)
+    with pytest.raises(ValueError, match="beyond"):
+        index.upsert([1], [bloom.from_positions([13], 16)])
+    with pytest.raises(ValueError, match="beyond"):
+        index.upsert([1], [b"\x01\x00\x01"])
+    with pytest.raises(ValueError, match="beyond"):
+        index.search(bloom.from_positions([15], 16), 0.0)
+    with pytest.raises(ValueError):
+        index.upsert([1, 2], [b"\x01"])
+    with pytest.raises(TypeError):
+        index.upsert(["a"], [b"\x01"])  # type: ignore[list-item]
+    assert len(index) == 0
+
+
+def test_memory_stays_within_one_and_a_half_times_the_filters() -> None:
+    rng = np.random.default_rng(3)
+    index = FilterIndex(1600)
+    raw = rng.integers(0, 256, (40_000, 200), dtype=np.uint8)
+    for start in range(0, len(raw), 1_000):  # batches: growth leaves spare capacity
+        index.upsert(range(start, start + 1_000), [row.tobytes() for row in raw[start : start + 1_000]])
+    assert index.nbytes <= 1.5 * raw.nbytes
+    index.remove(range(0, 35_000))  # shrinks
+    assert index.nbytes <= 1.5 * 5_000 * 200
+    assert index.search(raw[-1].tobytes(), 1.0) == [(39_999, 1.0)]
+
+
+class IndexMachine(RuleBasedStateMachine):
+    """Random upserts, removals and searches against a dict of key -> filter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[int, bytes] = {}
+        self.length_bits = 1
+        self.index: FilterIndex = SmallIndex(1)
+
+    @initialize(length_bits=st.sampled_from([13, 70, 128, 333]))
+    def start(self, length_bits: int) -> None:
+        self.length_bits = length_bits
+        self.index = SmallIndex(length_bits)
+
+    @rule(data=st.data(), size=st.integers(1, 80))  # above 64: the vectorised lookup of recent keys
+    def upsert(self, data: st.DataObject, size: int) -> None:
+        keys = data.draw(st.lists(st.integers(0, 60), min_size=size, max_size=size))
+        filters = [data.draw(filters_of(self.length_bits)) for _ in keys]
+        self.index.upsert(keys, filters)
+        self.stored.update(zip(keys, filters))
+
+    @rule(keys=st.lists(st.integers(-5, 65), max_size=20))
+    def remove(self, keys: list[int]) -> None:
+        self.index.remove(keys)
+        for key in keys:
+            self.stored.pop(key, None)
+
+    @rule(data=st.data(), min_score=st.sampled_from([0.0, 0.3, 0.6, 1.0]), limit=st.integers(1, 70))
+    def search(self, data: st.DataObject, min_score: float, limit: int) -> None:
+        if self.stored and data.draw(st.booleans()):
+            query = data.draw(st.sampled_from(sorted(self.stored.values())))
+        else:
+            query = data.draw(filters_of(self.length_bits))
+        assert self.index.search(query, min_score, limit) == reference(self.stored, query, min_score, limit)
+
+    @invariant()
+    def same_size(self) -> None:
+        assert len(self.index) == len(self.stored)
+
+    @invariant()
+    def every_key_is_found_under_its_filter(self) -> None:
+        keys = [key for key, data in self.stored.items() if any(data)]  # empty ones score 0
+        found = self.index.search_many([self.stored[key] for key in keys], 1.0, 100)
+        for key, hits in zip(keys, found):
+            assert (key, 1.0) in hits
+
+
+TestIndexMachine = IndexMachine.TestCase
+TestIndexMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index_class", INDEX_CLASSES)
+def test_concurrent_searches_and_upserts(index_class: type[FilterIndex]) -> None:
+    rng = random.Random(17)
+    # Anchors have bit 0 set and stay; churned keys come and go, never with bit 0, so an
+    # anchor's own filter is its only perfect match whatever the writer is doing. Every key
+    # always has the same filter, so each reported score must be the reference Dice of the
+    # query with that key's filter: a search that saw rows moved or rewritten under it (and
+    # reported a key with another row's score) fails this.
+    anchors = {key: bloom.from_positions([0, *rng.sample(range(1, 256), 60)], 256) for key in range(200)}
+
+    def filter_of(key: int) -> bytes:
+        if key in anchors:
+            return anchors[key]
+        return bloom.from_positions(random.Random(key).sample(range(1, 256), 60), 256)
+
+    index = index_class(256)
+    index.upsert(list(anchors), list(anchors.values()))
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        writer_rng = random.Random(23)
+        try:
+            while not stop.is_set():
+                keys = [1_000 + writer_rng.randrange(3_000) for _ in range(writer_rng.randrange(1, 400))]
+                index.upsert(keys, [filter_of(key) for key in keys])
+                gone = [1_000 + writer_rng.randrange(3_000) for _ in range(writer_rng.randrange(1, 600))]
+                index.remove(gone)
+                anchor = writer_rng.randrange(200)
+                index.upsert([anchor], [anchors[anchor]])  # rewrites a row in place
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+
+    def search(seed: int) -> None:
+        reader_rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                key = reader_rng.randrange(200)
+                found = index.search(anchors[key], 0.2, 20)
+                assert found[0] == (key, 1.0)
+                assert all(a[1] > b[1] or (a[1] == b[1] and a[0] < b[0]) for a, b in zip(found, found[1:]))
+                for other, score in found:
+                    assert score == bloom.dice(anchors[key], filter_of(other))
+                many = index.search_many([anchors[key], anchors[(key + 1) % 200]], 0.9, 3)
+                assert [hits[0][0] for hits in many] == [key, (key + 1) % 200]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=churn, daemon=True)]
+    threads += [threading.Thread(target=search, args=(i,), daemon=True) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a thread hangs"
+    assert not failures, failures[0]
+    for key, data in anchors.items():  # settled: still all there
+        assert index.search(data, 1.0, 5) == [(key, 1.0)]
