@@ -302,7 +302,9 @@ class Repository(ABC):
         """A unit of work, committed when the block ends without an exception.
 
         `write=True` announces writes, so that stores which serialise writers (SQLite) take
-        the write lock at the start rather than failing half-way."""
+        the write lock at the start rather than failing half-way. A read-only unit
+        (`write=False`) sees committed data; each of its statements is consistent in itself,
+        not necessarily with the one before (stores may skip the transaction for reads)."""
 
     @abstractmethod
     def ping(self) -> None:

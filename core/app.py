@@ -15,6 +15,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
+from urllib.parse import parse_qs
 
 import orjson
 from starlette.applications import Starlette
@@ -36,7 +37,6 @@ from .operations import Operation, Result, bind, scoped_values
 from .plugins import OperationTable, plugin_manager
 
 log = logging.getLogger("ttp_gateway.request")
-API_KEY_HEADERS = ("apikey", "x-api-key")
 INLINE_BODY = 16 * 1024  # reads with smaller bodies run on the event loop when reads never block
 
 
@@ -65,7 +65,7 @@ class GatewayApp:
                                                                            base_url, published)
         self.starlette = Starlette(
             routes=[
-                Route(self.base_path + "/{endpoint}/${operation}", self.invoke, methods=["POST"]),
+                Route(self.base_path + "/{endpoint}/${operation}", _AsgiEndpoint(self.invoke), methods=["POST"]),
                 Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
                 Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition,
                       methods=["GET"]),
@@ -79,12 +79,14 @@ class GatewayApp:
         self.starlette.state.keys = self.keys
 
     # --- operations -----------------------------------------------------------------------
-    async def invoke(self, request: Request) -> Response:
+    async def invoke(self, scope: dict, receive: Any, send: Any) -> None:
+        """The operation request pipeline, as a plain ASGI endpoint: the hot path of every call
+        skips Starlette's Request and Response objects."""
         started = time.perf_counter()
-        endpoint = request.path_params["endpoint"]
-        name = request.path_params["operation"]
-        out_format, media_type = codec.response_media_type(request.query_params.get("_format"),
-                                                           request.headers.get("accept"))
+        endpoint = scope["path_params"]["endpoint"]
+        name = scope["path_params"]["operation"]
+        headers = _headers(scope)
+        out_format, media_type = codec.response_media_type(_format_parameter(scope), headers.get("accept"))
         op = self.operations.lookup(endpoint, name)
         client: Client | None = None
         items = 0
@@ -92,10 +94,10 @@ class GatewayApp:
             if op is None:
                 raise NotFound(f"operation ${name} is not provided at endpoint {endpoint!r}",
                                issue_code="not-supported")
-            body = await self._read_body(request)
-            in_format, charset = codec.request_format(request.headers.get("content-type"), body)
+            body = await self._read_body(receive, headers.get("content-length"))
+            in_format, charset = codec.request_format(headers.get("content-type"), body)
             resource = codec.decode(body, in_format, charset)
-            client = self.keys.authenticate(self._presented_key(request, resource))
+            client = self.keys.authenticate(self._presented_key(headers, resource))
             if not client.may_call(endpoint, op.name):
                 raise NotAuthenticated(f"this API key may not call ${op.name} at {endpoint!r}")
             if resource["resourceType"] == "Bundle" and op.batch:
@@ -115,10 +117,14 @@ class GatewayApp:
         elapsed = time.perf_counter() - started
         operation = op.name if op else "unknown"
         self.metrics.observe(endpoint, operation, status, elapsed, items)
-        log.info("request", extra={"endpoint": endpoint, "operation": operation, "status": status,
-                                   "ms": round(elapsed * 1000, 2), "items": items,
-                                   "client": client.name if client else None})
-        return Response(content, status_code=status, media_type=media_type)
+        if log.isEnabledFor(logging.INFO):
+            log.info("request", extra={"endpoint": endpoint, "operation": operation, "status": status,
+                                       "ms": round(elapsed * 1000, 2), "items": items,
+                                       "client": client.name if client else None})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", media_type.encode()),
+                                (b"content-length", str(len(content)).encode())]})
+        await send({"type": "http.response.body", "body": content})
 
     async def _invoke_one(self, op: Operation, resource: dict, client: Client,
                           inline: bool) -> tuple[int, dict, int]:
@@ -162,27 +168,28 @@ class GatewayApp:
         return Call(self.gateway, op, args, client)
 
     @staticmethod
-    def _presented_key(request: Request, resource: dict) -> str | None:
+    def _presented_key(headers: dict[str, str], resource: dict) -> str | None:
         """The API key from a header, else from an `apikey` body parameter. The parameter is
         removed either way, so that operations never see it."""
         from_body = _pop_body_key(resource)
-        for header in API_KEY_HEADERS:
-            value = request.headers.get(header)
-            if value:
-                return value
-        return from_body
+        return headers.get("apikey") or headers.get("x-api-key") or from_body
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+    async def _read_body(self, receive: Any, declared: str | None) -> bytes:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _stored_keys(self) -> list:
         with self.gateway.repository.transaction() as tx:
@@ -206,7 +213,7 @@ class GatewayApp:
 
     @staticmethod
     def _answer(request: Request, status: int, resource: dict) -> Response:
-        fmt, media_type = codec.response_media_type(request.query_params.get("_format"),
+        fmt, media_type = codec.response_media_type(_format_parameter(request.scope),
                                                     request.headers.get("accept"))
         return Response(codec.encode(resource, fmt), status_code=status, media_type=media_type)
 
@@ -263,6 +270,37 @@ def _batch_entry(op: Operation, call: Call | FhirError) -> dict:
     if outcome is None:
         outcome = fhir.operation_outcome("information", "informational", "Operation completed successfully.")
     return {"response": {"status": str(status), "outcome": outcome}, "resource": resource}
+
+
+_WANTED_HEADERS = {b"accept", b"content-type", b"content-length", b"apikey", b"x-api-key"}
+
+
+class _AsgiEndpoint:
+    """Wraps a bound method so that Starlette routes to it as a raw ASGI app."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.handler(scope, receive, send)
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    """The few request headers the pipeline reads, found in one pass (names are lower case in
+    ASGI; a repeated header counts once, the first)."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED_HEADERS and name.decode() not in found:
+            found[name.decode()] = value.decode("latin-1")
+    return found
+
+
+def _format_parameter(scope: dict) -> str | None:
+    query = scope["query_string"]
+    if not query:
+        return None
+    values = parse_qs(query.decode("latin-1")).get("_format")
+    return values[0] if values else None
 
 
 def _pop_body_key(resource: dict) -> str | None:

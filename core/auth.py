@@ -89,10 +89,13 @@ class KeyRing:
         self._reload_interval = reload_interval
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
+        # Keys that matched recently, so that their digest is not computed on every request.
+        self._recent: dict[str, Client] = {}
 
     def reload(self) -> None:
         if self._load_stored is not None:
             self._stored = self._load_stored()
+        self._recent = {}
         self._loaded_at = time.monotonic()
 
     def authenticate(self, presented: str | None) -> Client:
@@ -101,6 +104,9 @@ class KeyRing:
                 raise NotAuthenticated("an API key is required (header 'apikey' or 'X-API-Key', "
                                        "or an 'apikey' parameter)")
             return ANONYMOUS
+        client = self._recent.get(presented)
+        if client is not None:
+            return client
         wanted = digest(presented).encode()
         client = self._match(wanted)
         if client is None and self._load_stored is not None:
@@ -110,6 +116,9 @@ class KeyRing:
             client = self._match(wanted)
         if client is None:
             raise NotAuthenticated("the API key is not valid")
+        if len(self._recent) >= 256:
+            self._recent.clear()
+        self._recent[presented] = client  # only keys that matched; a reload forgets them
         return client
 
     def _match(self, wanted: bytes) -> Client | None:

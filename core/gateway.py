@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import Client
 from .config import Config
+from .observability import audit_trail
 from .operations import Args, Operation
 
 if TYPE_CHECKING:
     import pluggy
 
     from ttp_gateway.backends.base import Repository
-
-audit_log = logging.getLogger("ttp_gateway.audit")
-
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
@@ -62,6 +59,5 @@ class Call:
     def audit(self, action: str, **facts: Any) -> None:
         """Record who did what to which domain or study. Facts name targets and counts, never
         originals, pseudonyms or IDAT."""
-        audit_log.info(action, extra={"audit": {"client": self.client.name,
-                                                "endpoint": self.operation.endpoint,
-                                                "operation": self.operation.name, **facts}})
+        audit_trail.record(action, {"client": self.client.name, "endpoint": self.operation.endpoint,
+                                    "operation": self.operation.name, **facts})

@@ -7,7 +7,9 @@ the `ttp_gateway.audit` logger, which `[logging] audit_file` can route to a file
 
 from __future__ import annotations
 
+import bisect
 import logging
+import os
 import sys
 import threading
 import time
@@ -49,9 +51,49 @@ def _frames(tb: Any) -> list[str]:
     return frames[-8:]
 
 
+class AuditTrail:
+    """Append-only JSON lines: who (API key name) did what to which domain or study, when.
+
+    Until `configure_logging` gives it a file (or stderr), records go to the
+    `ttp_gateway.audit` logger. A configured trail writes each record with one `os.write` to a
+    descriptor opened for appending: cheap on the request path, whole lines even when several
+    workers share the file, and nothing held back in a buffer when a process dies."""
+
+    def __init__(self) -> None:
+        self._descriptor: int | None = None
+        self._owned = False
+        self._second = -1
+        self._stamp = ""
+
+    def write_to(self, path: str | None) -> None:
+        """Write to `path` (appending), or to stderr when None."""
+        if self._owned and self._descriptor is not None:
+            os.close(self._descriptor)
+        if path:
+            self._descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._owned = True
+        else:
+            self._descriptor, self._owned = sys.stderr.fileno(), False
+
+    def record(self, action: str, facts: dict[str, Any]) -> None:
+        if self._descriptor is None:
+            logging.getLogger("ttp_gateway.audit").info(action, extra={"audit": facts})
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # formatting the date is the costly part; once a second
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        entry = {"time": f"{self._stamp}.{int(now % 1 * 1000):03d}Z",
+                 "level": "info", "logger": "ttp_gateway.audit", "message": action, "audit": facts}
+        os.write(self._descriptor, orjson.dumps(entry, default=str) + b"\n")
+
+
+audit_trail = AuditTrail()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", audit_file: str = "") -> None:
-    """Log lines (JSON by default) to stderr; audit records to `audit_file` when set, else with
-    the log lines. Lines are written as they happen: a writer thread would cost a request more
+    """Log lines (JSON by default) to stderr; audit records to `audit_file` when set, else to
+    stderr as well. Lines are written as they happen: a writer thread would cost a request more
     in contention for the interpreter than the write itself."""
     stream = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -61,16 +103,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", audit_file: str = 
     root = logging.getLogger()
     root.handlers[:] = [stream]
     root.setLevel(level.upper())
-    audit = logging.getLogger("ttp_gateway.audit")
-    audit.setLevel(logging.INFO)
-    if audit_file:
-        file_handler = logging.FileHandler(audit_file, encoding="utf-8")
-        file_handler.setFormatter(JsonFormatter())
-        audit.handlers[:] = [file_handler]
-        audit.propagate = False
-    else:
-        audit.handlers[:] = []
-        audit.propagate = True
+    audit_trail.write_to(audit_file or None)
     # Uvicorn's access log prints query strings; our own request log replaces it.
     logging.getLogger("uvicorn.access").disabled = True
 
@@ -87,14 +120,15 @@ class Metrics:
         self._latency: dict[tuple[str, str], list[float]] = {}
 
     def observe(self, endpoint: str, operation: str, status: int, seconds: float, items: int = 0) -> None:
+        # One bucket counted per request; `render` accumulates them as Prometheus expects.
+        bucket = bisect.bisect_left(self.BUCKETS, seconds)
         with self._lock:
             self._requests[(endpoint, operation, status)] += 1
             self._items[(endpoint, operation)] += items
-            buckets = self._latency.setdefault((endpoint, operation), [0] * (len(self.BUCKETS) + 2))
-            for index, bound in enumerate(self.BUCKETS):
-                if seconds <= bound:
-                    buckets[index] += 1
-            buckets[-2] += 1          # +Inf
+            buckets = self._latency.get((endpoint, operation))
+            if buckets is None:
+                buckets = self._latency[(endpoint, operation)] = [0] * (len(self.BUCKETS) + 2)
+            buckets[bucket] += 1      # the last bucket index stands for +Inf
             buckets[-1] += seconds    # sum
 
     def render(self) -> str:
@@ -112,9 +146,12 @@ class Metrics:
                       "# TYPE ttp_request_seconds histogram"]
             for (endpoint, operation), buckets in sorted(self._latency.items()):
                 labels = f'endpoint="{endpoint}",operation="{operation}"'
+                running = 0
                 for bound, count in zip(self.BUCKETS, buckets):
-                    lines.append(f'ttp_request_seconds_bucket{{{labels},le="{bound}"}} {count}')
-                lines.append(f'ttp_request_seconds_bucket{{{labels},le="+Inf"}} {buckets[-2]}')
-                lines.append(f"ttp_request_seconds_count{{{labels}}} {buckets[-2]}")
+                    running += count
+                    lines.append(f'ttp_request_seconds_bucket{{{labels},le="{bound}"}} {running}')
+                total = running + buckets[-2]
+                lines.append(f'ttp_request_seconds_bucket{{{labels},le="+Inf"}} {total}')
+                lines.append(f"ttp_request_seconds_count{{{labels}}} {total}")
                 lines.append(f"ttp_request_seconds_sum{{{labels}}} {buckets[-1]:.6f}")
         return "\n".join(lines) + "\n"

@@ -108,8 +108,11 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
     """Check `given` (a Parameters.parameter or .part array) against the declaration."""
     if not isinstance(given, list):
         raise InvalidRequest(f"'{path or 'parameter'}' must be an array")
-    declared = {p.name: p for p in parameters}
-    collected: dict[str, list] = {p.name: [] for p in parameters}
+    entry = _declared.get(id(parameters))
+    if entry is None or entry[0] is not parameters:
+        entry = _declared[id(parameters)] = (parameters, {p.name: p for p in parameters})
+    declared = entry[1]
+    collected: dict[str, list] = {name: [] for name in declared}
     for item in given:
         if not isinstance(item, dict):
             raise InvalidRequest(f"every entry of '{path or 'parameter'}' must be an object")
@@ -132,6 +135,11 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
             raise InvalidRequest(f"parameter '{path}{param.name}' may occur at most {param.max} times")
         args[param.name] = values if param.repeats else (values[0] if values else None)
     return args
+
+
+# The name index of each declaration, built once; the entry holds the declaration itself, so
+# that its id cannot be reused by another while cached.
+_declared: dict[int, tuple[tuple[Param, ...], dict[str, Param]]] = {}
 
 
 def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Iterator[tuple[str, str]]:

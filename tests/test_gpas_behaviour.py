@@ -229,3 +229,15 @@ def test_aliases_of_older_gateways(client, alias: str, canonical: str) -> None:
 def test_unknown_operation_is_404(client) -> None:
     answer = call(client, "noSuchThing", params(("target", MIRACUM)), 404)
     assert issue(answer)["code"] == "not-supported"
+
+
+def test_known_originals_hidden_in_a_large_new_batch_keep_their_pseudonyms(client) -> None:
+    """A batch that looks new (its probe finds nothing) still answers known originals with
+    their pseudonyms: the insert's conflicts name them."""
+    originals = [f"bulk-{i}" for i in range(100)]
+    known = pseudonyms_of(call(client, "pseudonymizeAllowCreate",
+                               params(("target", MIRACUM), ("original", originals[1]), ("original", originals[2]))))
+    answer = pseudonyms_of(call(client, "pseudonymizeAllowCreate",
+                                params(("target", MIRACUM), *[("original", o) for o in originals])))
+    assert answer[originals[1]] == known[originals[1]] and answer[originals[2]] == known[originals[2]]
+    assert len(set(answer.values())) == 100

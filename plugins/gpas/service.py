@@ -20,6 +20,7 @@ from .domains import Domain, DomainRegistry
 # Rounds of drawing before a domain counts as (nearly) full. At 50% occupancy the chance that
 # one pseudonym still collides after 24 rounds is 6e-8.
 MAX_DRAWS = 24
+PROBE = 32  # originals looked up to tell a batch of new originals from one of known ones
 
 
 class PairOutcome(enum.Enum):
@@ -43,8 +44,17 @@ class Pseudonymizer:
     def get_or_create(self, tx: Transaction, domain: Domain, originals: Iterable[str]) -> dict[str, str]:
         """The pseudonym of every original, created where there is none."""
         wanted = list(dict.fromkeys(originals))
-        found = tx.get_pseudonyms(domain.name, wanted)
-        missing = [o for o in wanted if o not in found]
+        # Large batches are mostly all new (an import) or mostly all known (a repeat): a probe
+        # of a few tells which, and new ones go straight to the insert, whose conflicts say
+        # which were known after all, instead of being looked up first.
+        probe = wanted[::max(1, len(wanted) // PROBE)] if len(wanted) > PROBE else wanted
+        found = tx.get_pseudonyms(domain.name, probe)
+        if len(wanted) > PROBE and not found:
+            missing = wanted
+        else:
+            if len(probe) < len(wanted):
+                found = tx.get_pseudonyms(domain.name, wanted)
+            missing = [o for o in wanted if o not in found]
         # Sorted, so that two writers racing over the same originals lock them in one order.
         missing.sort()
         for _ in range(MAX_DRAWS):
