@@ -73,7 +73,7 @@ class AuditTrail:
             self._descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._owned = True
         else:
-            self._descriptor, self._owned = sys.stderr.fileno(), False
+            self._descriptor, self._owned = 2, False  # the process's stderr, whatever sys.stderr is
 
     def record(self, action: str, facts: dict[str, Any]) -> None:
         if self._descriptor is None:
