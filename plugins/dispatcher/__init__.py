@@ -82,6 +82,11 @@ def ttp_startup(gateway) -> None:
         _seed_person(gateway, operations, person)
     for clearing in section.get("clearings", []):
         _seed_clearing(gateway, operations, clearing)
+    # Load every study's filters now rather than in the first request of each.
+    for study in operations.studies.all():
+        for version in study.versions:
+            with gateway.repository.transaction() as tx:
+                operations.linker.indexes.synced(tx, study, version)
 
 
 @hookimpl
