@@ -7,13 +7,12 @@ site's pseudonyms and a project's pseudonyms are drawn there, through the reposi
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Mapping
 
 from ttp_gateway.backends.base import Repository, StudyRecord
+from ttp_gateway.core.registry import StoredObjects
 
 from .idat import ELEMENT_ATTRIBUTES
 
@@ -132,37 +131,19 @@ class Study:
         return int(number) if study == self.name and number.isdigit() else None
 
 
-class StudyRegistry:
-    """The studies in storage, cached per process, reloaded when one is asked for that is not
-    known (at most once a second), like the domain registry."""
+class StudyRegistry(StoredObjects[Study]):
+    """The studies in storage, cached per process."""
 
     def __init__(self, repository: Repository, reload_interval: float = 1.0) -> None:
+        super().__init__(self._load, reload_interval)
         self._repository = repository
-        self._reload_interval = reload_interval
-        self._studies: dict[str, Study] = {}
-        self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
 
-    def get(self, name: str) -> Study | None:
-        study = self._studies.get(name)
-        if study is None and time.monotonic() - self._loaded_at >= self._reload_interval:
-            self.reload()
-            study = self._studies.get(name)
-        return study
-
-    def all(self) -> list[Study]:
-        self.reload()
-        return sorted(self._studies.values(), key=lambda s: s.name)
-
-    def reload(self) -> None:
-        with self._lock:
-            with self._repository.transaction() as tx:
-                records = tx.get_studies()
-            self._studies = {r.name: Study.from_settings(r.name, r.settings) for r in records}
-            self._loaded_at = time.monotonic()
+    def _load(self) -> dict[str, Study]:
+        with self._repository.transaction() as tx:
+            return {r.name: Study.from_settings(r.name, r.settings) for r in tx.get_studies()}
 
     def put(self, study: Study) -> bool:
         with self._repository.transaction(write=True) as tx:
             created = tx.put_study(StudyRecord(study.name, study.settings()))
-        self._studies[study.name] = study
+        self.remember(study.name, study)
         return created

@@ -1,19 +1,16 @@
 """Pseudonymisation domains: their rules, and the registry that keeps them at hand.
 
 A domain is configured in `[[gpas.domains]]` or created with `ttp-gateway domains create`;
-either way it lives in storage, and every worker reads it from there. The registry caches the
-domains and reloads them (at most once a second) when asked for one it does not know, so a
-domain created while the service runs is usable within a second everywhere.
+either way it lives in storage, and every worker reads it from there (`DomainRegistry`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ttp_gateway.backends.base import DomainRecord, Repository
+from ttp_gateway.core.registry import StoredObjects
 
 from .pseudonyms import PseudonymFormat
 
@@ -69,38 +66,20 @@ class Domain:
         return DomainRecord(name=self.name, settings=self.settings(), description=self.description)
 
 
-class DomainRegistry:
+class DomainRegistry(StoredObjects[Domain]):
     """The domains in storage, cached per process."""
 
     def __init__(self, repository: Repository, reload_interval: float = 1.0) -> None:
+        super().__init__(self._load, reload_interval)
         self._repository = repository
-        self._reload_interval = reload_interval
-        self._domains: dict[str, Domain] = {}
-        self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
 
-    def get(self, name: str) -> Domain | None:
-        domain = self._domains.get(name)
-        if domain is None and time.monotonic() - self._loaded_at >= self._reload_interval:
-            self.reload()
-            domain = self._domains.get(name)
-        return domain
-
-    def all(self) -> list[Domain]:
-        self.reload()
-        return sorted(self._domains.values(), key=lambda d: d.name)
-
-    def reload(self) -> None:
-        with self._lock:
-            with self._repository.transaction() as tx:
-                records = tx.get_domains()
-            self._domains = {r.name: Domain.from_settings(r.name, r.settings, r.description)
-                             for r in records}
-            self._loaded_at = time.monotonic()
+    def _load(self) -> dict[str, Domain]:
+        with self._repository.transaction() as tx:
+            return {r.name: Domain.from_settings(r.name, r.settings, r.description) for r in tx.get_domains()}
 
     def put(self, domain: Domain) -> bool:
         """Store a domain (create or replace its settings); True if it is new."""
         with self._repository.transaction(write=True) as tx:
             created = tx.put_domain(domain.record())
-        self._domains[domain.name] = domain
+        self.remember(domain.name, domain)
         return created

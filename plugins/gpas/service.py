@@ -124,12 +124,13 @@ class Pseudonymizer:
                      pairs: Sequence[tuple[str, str]]) -> list[PairOutcome]:
         """Import existing (original, pseudonym) pairs, one outcome per pair."""
         outcomes: list[PairOutcome | None] = []
-        valid = [(o, p) for o, p in pairs if o and domain.format.validate(p) is None]
+        is_valid = [bool(o) and domain.format.validate(p) is None for o, p in pairs]
+        valid = [pair for pair, ok in zip(pairs, is_valid) if ok]
         owners: dict[str, str | None] = tx.get_originals(domain.name, sorted({p for _, p in valid}))
         rows_of = tx.get_pseudonym_rows(domain.name, sorted({o for o, _ in valid}))
         planned: list[tuple[int, PseudonymRow]] = []
         for index, (original, pseudonym) in enumerate(pairs):
-            if not original or domain.format.validate(pseudonym) is not None:
+            if not is_valid[index]:
                 outcomes.append(PairOutcome.INVALID)
                 continue
             if pseudonym in owners:
