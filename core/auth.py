@@ -3,7 +3,10 @@
 A key is known by the SHA-256 digest of its secret only, whether it comes from the configuration
 (`key` or `key_sha256`) or from storage (created with `ttp-gateway keys create`). A presented
 key is hashed and compared with every known digest in constant time, so neither the position nor
-the existence of a match shows in the timing. Keys never reach logs; the key's *name* does.
+the existence of a match shows in the timing. A key that matched is then remembered in a small
+table so that its next requests skip the digest; that table is found by Python's randomly keyed
+string hash and holds only keys already presented successfully. Keys never reach logs; the
+key's *name* does.
 
 A key's scope lists the endpoints and operations it may call and, per scope kind ("domains",
 "studies"), the values it may name; "*" allows all.
