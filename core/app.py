@@ -140,7 +140,7 @@ class GatewayApp:
         """A `batch` Bundle of Parameters, each entry one call; entries fail independently."""
         if bundle.get("type") != "batch":
             raise InvalidRequest("only Bundles of type 'batch' are accepted")
-        entries = bundle.get("entry") or []
+        entries = bundle.get("entry", [])
         if not isinstance(entries, list):
             raise InvalidRequest("Bundle.entry must be an array")
         calls: list[Call | FhirError] = []

@@ -23,7 +23,7 @@ from ttp_gateway.core.gateway import Call
 from ttp_gateway.core.operations import Result
 
 from . import bloom
-from .idat import normalise_name
+from .idat import ADMINISTRATIVE_GENDERS, normalise_name
 from .linkage import Linker
 from .studies import Study, StudyRegistry
 
@@ -49,6 +49,8 @@ class PatientLinker:
         except ValidationError:
             # The validation message quotes the Patient's values; only say where it failed.
             raise Unprocessable("the Patient is not a valid FHIR Patient") from None
+        if "gender" in patient and patient["gender"] not in ADMINISTRATIVE_GENDERS:
+            raise Unprocessable("the Patient's gender is not an administrative gender code")
         contexts = [(c["target"], 1 if c["count"] is None else c["count"]) for c in call.args["context"]]
         external_id = str(patient.get("id", ""))
         unknown = [target for target, _ in contexts if target not in study.domains]
