@@ -34,7 +34,7 @@ from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
 
 from .linkage import Linker
-from .operations import DispatcherOperations
+from .operations import DispatcherOperations, query
 from .patients import PatientLinker
 from .studies import Study, StudyRegistry
 
@@ -141,10 +141,9 @@ def _seed_person(gateway, operations: DispatcherOperations, seed: dict) -> None:
             pseudonymizer.insert_pairs(tx, pseudonymizer.domain(domain), [(study.person_key(person), pseudonym)])
         filters = []
         for entry in seed.get("bloomfilters", []):
-            query = DispatcherOperations._query(study, entry["bloomfilter"] if "version" not in entry else
-                                                _parts(entry["bloomfilter"], entry["version"]))
-            if query.error is None:
-                filters.append((person, entry["site"], query.version, query.bloom_filter))
+            found = query(study, entry["bloomfilter"], entry.get("version"))
+            if found.error is None:
+                filters.append((person, entry["site"], found.version, found.bloom_filter))
         tx.add_bloom_filters(study.name, filters)
 
 
@@ -161,13 +160,7 @@ def _seed_clearing(gateway, operations: DispatcherOperations, seed: dict) -> Non
         if person is None:
             log.warning("configured clearing names an unknown candidate", extra={"study": study.name})
             return
-        query = DispatcherOperations._query(study, seed["bloomfilter"])
-        operations.linker.open_clearing(tx, study, seed["site"], query, [(person, 0.0, holder)], now,
-                                        requester_task=seed["task_id"])
+        operations.linker.open_clearing(tx, study, seed["site"], query(study, seed["bloomfilter"]),
+                                        [(person, 0.0, holder)], now, requester_task=seed["task_id"])
 
-
-def _parts(bloom_filter: str, version: str):
-    from ttp_gateway.core.operations import Args
-
-    return Args(bloomfilter=bloom_filter, version=version)
 

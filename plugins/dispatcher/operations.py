@@ -43,6 +43,23 @@ def _code(name: str, coding: dict) -> dict[str, Any]:
     return {"name": name, "valueCoding": coding}
 
 
+def query(study: Study, text: str, version: str | None = None) -> Query:
+    """A filter as sent, decoded for its version (the study's default when none is named), or
+    the issue-type code of why it cannot be used."""
+    version = version or study.default_version
+    found = Query(given=text, version=version)
+    if version not in study.versions:
+        found.error = "not-found"
+        return found
+    try:
+        found.bloom_filter = bloom.decode_filter(text, study.versions[version].length)
+    except ValueError:
+        found.error = "invalid"
+        return found
+    found.canonical = bloom.encode_filter(found.bloom_filter)
+    return found
+
+
 def _instant(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
@@ -70,39 +87,21 @@ class DispatcherOperations:
     def request_psn_from_bf(self, call: Call) -> dict:
         study = self.study(call.args["study"])
         site = self._domain_of(study, call.args["target"], sites_only=True)
-        queries = [self._query(study, item) for item in call.args["bloomfilter"]]
+        queries = [query(study, *((item["bloomfilter"], item["version"]) if isinstance(item, Args) else (item,)))
+                   for item in call.args["bloomfilter"]]
         outcomes = self.linker.link(study, site, queries, call.now())
         call.audit("request-psn-from-bf", study=study.name, site=site, items=len(queries),
                    pending=sum(1 for o in outcomes if o.pending))
         answer = []
-        for query, outcome in zip(queries, outcomes):
+        for sent, outcome in zip(queries, outcomes):
             if outcome.pseudonym is not None:
                 answer.append({"name": "pseudonym-bf", "part": [
-                    _bloom_filter(query.given), _id("target", site), _id("pseudonym", outcome.pseudonym)]})
+                    _bloom_filter(sent.given), _id("target", site), _id("pseudonym", outcome.pseudonym)]})
             else:
                 code = PENDING if outcome.pending else fhir.issue_type(outcome.error or "invalid")
                 answer.append({"name": "error", "part": [
-                    _bloom_filter(query.given), _id("target", site), _code("error-code", code)]})
+                    _bloom_filter(sent.given), _id("target", site), _code("error-code", code)]})
         return fhir.parameters(answer)
-
-    @staticmethod
-    def _query(study: Study, item: Any) -> Query:
-        """A filter given plainly (the study's default version) or as bloomfilter and version parts."""
-        if isinstance(item, Args):
-            text, version = item["bloomfilter"], item["version"]
-        else:
-            text, version = item, study.default_version
-        query = Query(given=text, version=version)
-        if version not in study.versions:
-            query.error = "not-found"
-            return query
-        try:
-            query.bloom_filter = bloom.decode_filter(text, study.versions[version].length)
-        except ValueError:
-            query.error = "invalid"
-            return query
-        query.canonical = bloom.encode_filter(query.bloom_filter)
-        return query
 
     # --- $requestTasks ------------------------------------------------------------------------
     def request_tasks(self, call: Call) -> dict:
