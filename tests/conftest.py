@@ -13,6 +13,7 @@ import uuid
 from typing import Iterator
 
 import pytest
+from hypothesis import settings
 
 from ttp_gateway.backends import open_repository
 from ttp_gateway.backends.base import Repository
@@ -22,6 +23,10 @@ MONGODB_URL = os.environ.get("TTP_TEST_MONGODB_URL", "")
 REQUIRE_POSTGRES = os.environ.get("TTP_TEST_REQUIRE_POSTGRES") == "1"
 
 BACKENDS = ["sqlite", "postgresql", "mongomock"] + (["mongodb"] if MONGODB_URL else [])
+
+# Shared machines stall now and then: property tests are judged by their results, not by time.
+settings.register_profile("gateway", deadline=None)
+settings.load_profile("gateway")
 
 
 def _postgres_admin():
