@@ -103,7 +103,7 @@ class GatewayApp:
             if resource["resourceType"] == "Bundle" and op.batch:
                 status, answer, items = await self._invoke_batch(op, resource, client)
             else:
-                inline = not op.affects_state and not self._reads_block and len(body) <= INLINE_BODY
+                inline = op.quick_read and not self._reads_block and len(body) <= INLINE_BODY
                 status, answer, items = await self._invoke_one(op, resource, client, inline)
         except FhirError as error:
             status, answer = error.status, _outcome_of(error)

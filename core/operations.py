@@ -81,6 +81,9 @@ class Operation:
     batch: bool = False
     url: str | None = None
     replaces: bool = False
+    # A read that never writes nor waits for a lock: small requests of it may run on the event
+    # loop itself when the store's reads never block (SQLite), sparing the hop to a thread.
+    quick_read: bool = False
 
     @property
     def definition_id(self) -> str:

@@ -213,7 +213,7 @@ class GpasOperations:
             Param("target", "Identifier", 0, 1), Param("original", "Identifier", 1, 1),
             Param("result-code", "Coding", 1, 1)))
         return [
-            self._op("pseudonymize", self.pseudonymize, affects_state=False,
+            self._op("pseudonymize", self.pseudonymize, affects_state=False, quick_read=True,
                      description="The pseudonyms of 1..n originals in one domain; unknown "
                                  "originals get an error part.",
                      parameters=(_target("domain to look in"), originals), returns=(found, error)),
@@ -224,7 +224,7 @@ class GpasOperations:
                      parameters=(_target("domain to look in and create in"), originals),
                      returns=(found, error)),
             self._op("dePseudonymize", self.de_pseudonymize, aliases=("de-pseudonymize",),
-                     affects_state=False,
+                     affects_state=False, quick_read=True,
                      description="The originals of 1..n pseudonyms in one domain; unknown and "
                                  "anonymised pseudonyms get an error part.",
                      parameters=(_target("domain to look in"),
