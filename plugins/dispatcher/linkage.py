@@ -365,10 +365,10 @@ class Linker:
         return owner[0] if owner else None
 
     def expire(self, study: Study, now: datetime) -> None:
-        """Abort expired clearings and expire tasks, if any are due (a write only then)."""
+        """Abort the clearings that expired, if any (a write only then). Expired tasks need no
+        hurry: readers skip them, and every writer of the study marks them as it passes."""
         with self.repository.transaction() as tx:
-            due = tx.get_due_cases(study.name, now) or any(
-                t.expires <= now for t in tx.get_open_tasks(study.name))
+            due = tx.get_due_cases(study.name, now)
         if due:
             with self.repository.transaction(write=True) as tx:
                 tx.lock_study(study.name)
