@@ -5,7 +5,6 @@ rows into the same table, orjson dump of the rows."""
 from __future__ import annotations
 
 import http.client
-import os
 import sqlite3
 import statistics
 import tempfile
@@ -51,16 +50,15 @@ def time_gateway(base: str, repeats: int, batch: int) -> list[float]:
     return timings
 
 
-def floor_rows(round_: int, batch: int) -> list[tuple]:
-    pseudonyms = Domain.from_settings("MIRACUM", {"prefix": "mrcm_"}).format.generate(batch)
-    return pseudonyms
+def floor_pseudonyms(batch: int) -> list[str]:
+    return Domain.from_settings("MIRACUM", {"prefix": "mrcm_"}).format.generate(batch)
 
 
 def time_floor(insert, repeats: int, batch: int) -> list[float]:
     timings = []
     for round_ in range(1, repeats + 2):
         payload = body(10_000 + round_, batch)
-        pseudonyms = floor_rows(round_, batch)
+        pseudonyms = floor_pseudonyms(batch)
         started = time.perf_counter()
         parsed = orjson.loads(payload)
         rows = [(1, p["valueString"], 0, pseudonym) for p, pseudonym in zip(parsed["parameter"][1:], pseudonyms)]

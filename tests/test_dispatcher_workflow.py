@@ -7,7 +7,7 @@ import random
 import pytest
 
 from conftest import client_for
-from dispatch import (DISPATCHER, Clock, Site, b64, balanced_filter, idat_patient, parameters,
+from dispatch import (Clock, Site, b64, balanced_filter, idat_patient, parameters,
                       similar_filter)
 from storage_dump import stored_text
 

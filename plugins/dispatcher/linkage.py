@@ -158,6 +158,11 @@ class Linker:
             keep: list[Query] = []                        # filters to store
             decided: list[Query] = []
             pending = _PendingRecords(tx.get_open_cases(study.name), study)
+            # The pseudonyms the clearings may name, fetched per site at once, not per candidate.
+            holder_pseudonyms = self._pseudonyms_at(tx, study, {
+                (person, _holders(query, owners)[person]) for query in usable
+                for person, score in _rank_persons(query, owners)[:study.candidates]
+                if study.possible_match_threshold <= score < study.match_threshold})
             for query in usable:
                 if pending.holds(site, query.canonical):
                     outcomes[id(query)] = Outcome(pending=True)
@@ -177,10 +182,15 @@ class Linker:
                     # Unsure, or like a record whose clearing runs: decided by comparing IDAT, in
                     # the running clearing if it is like that one's record (they may be one
                     # person nobody knows yet).
-                    candidates = [(p, s) for p, s in ranked if s >= study.possible_match_threshold]
                     holders = _holders(query, owners)
+                    candidates = [(p, s, holders[p]) for p, s in ranked
+                                  if s >= study.possible_match_threshold][:study.candidates]
+                    missing = {(p, h) for p, _, h in candidates if (p, h) not in holder_pseudonyms}
+                    if missing:
+                        holder_pseudonyms.update(self._pseudonyms_at(tx, study, missing))
                     case = similar_case if similar_score >= study.possible_match_threshold else None
-                    case = self._clear(tx, study, site, query, [(p, s, holders[p]) for p, s in candidates],
+                    case = self._clear(tx, study, site, query,
+                                       [(p, sc, h, holder_pseudonyms[(p, h)]) for p, sc, h in candidates],
                                        now, case)
                     pending.add(case)
                     outcomes[id(query)] = Outcome(pending=True)
@@ -243,13 +253,23 @@ class Linker:
         found = self.pseudonyms.get_or_create(tx, domain, sorted(keys))
         return {keys[key]: pseudonym for key, pseudonym in found.items()}
 
+    def _pseudonyms_at(self, tx: Transaction, study: Study,
+                       pairs: set[tuple[int, str]]) -> dict[tuple[int, str], str]:
+        """The pseudonym of each (person, site), one batch per site."""
+        by_site: dict[str, set[int]] = {}
+        for person, site in pairs:
+            by_site.setdefault(site, set()).add(person)
+        return {(person, site): pseudonym for site, persons in by_site.items()
+                for person, pseudonym in self._site_pseudonyms(tx, study, site, persons).items()}
+
     # --- clearing -----------------------------------------------------------------------------
     def _clear(self, tx: Transaction, study: Study, site: str, query: Query,
-               candidates: list[tuple[int, float, str]], now: datetime,
+               candidates: list[tuple[int, float, str, str]], now: datetime,
                case: ClearingCase | None = None, requester_task: str | None = None) -> ClearingCase:
         """Put a record into clearing: a new case, or one running for a similar record. The
         record's site gets a `send_idat` task naming its filter; each site holding a candidate
-        person's best filter gets one naming that person's pseudonym there."""
+        person's best filter gets one naming that person's pseudonym there. Candidates are
+        (person, score, holding site, pseudonym there)."""
         elements = list(study.idat_elements)
         if case is None:
             case = ClearingCase(id=str(uuid.uuid4()), study=study.name, site=site, version=query.version,
@@ -265,10 +285,9 @@ class Linker:
         case.candidates.append({"requester": True, "task": requester.id, "site": site, "version": query.version,
                                 "bloomfilter": query.given, "canonical": query.canonical})
         known = {c["person"] for c in case.candidates if "person" in c}
-        for person, score, holder in candidates[:study.candidates]:
+        for person, score, holder, pseudonym in candidates[:study.candidates]:
             if person in known:
                 continue
-            pseudonym = self._site_pseudonyms(tx, study, holder, {person})[person]
             task = Task(id=str(uuid.uuid4()), study=study.name, site=holder, kind=SEND_IDAT, created=now,
                         expires=case.expires, case=case.id, details={"pseudonym": pseudonym, "elements": elements})
             tasks.append(task)
@@ -285,7 +304,9 @@ class Linker:
                       candidates: list[tuple[int, float, str]], now: datetime,
                       requester_task: str | None = None) -> ClearingCase:
         """A new case for one record and its (person, score, holding site) candidates."""
-        return self._clear(tx, study, site, query, candidates, now, requester_task=requester_task)
+        pseudonyms = self._pseudonyms_at(tx, study, {(p, h) for p, _, h in candidates})
+        return self._clear(tx, study, site, query, [(p, sc, h, pseudonyms[(p, h)]) for p, sc, h in candidates],
+                           now, requester_task=requester_task)
 
     def provide(self, tx: Transaction, study: Study, task: Task, idat: Idat, now: datetime) -> ClearingCase | None:
         """Keep a site's IDAT for its task; decide the case once every site has answered.
@@ -310,10 +331,10 @@ class Linker:
             filters.append((person_of[requester["task"]], requester["site"], requester["version"],
                             bloom.decode_filter(requester["canonical"], length)))
         tx.add_bloom_filters(study.name, filters)
+        pseudonyms = self._pseudonyms_at(tx, study, {(person_of[r["task"]], r["site"]) for r in requesters})
         done = []
         for requester in requesters:
-            person = person_of[requester["task"]]
-            pseudonym = self._site_pseudonyms(tx, study, requester["site"], {person})[person]
+            pseudonym = pseudonyms[(person_of[requester["task"]], requester["site"])]
             done.append(Task(id=str(uuid.uuid4()), study=study.name, site=requester["site"], kind=PSN_AVAILABLE,
                              created=now, expires=now + study.task_ttl, case=case.id,
                              details={"bloomfilter": requester["bloomfilter"], "pseudonym": pseudonym}))
