@@ -1,19 +1,22 @@
-"""Storage backends behind one repository interface (`backends.base`), chosen by URL."""
+"""Storage backends behind one unit-of-work interface (`backends.base`), chosen by URL."""
 
 from __future__ import annotations
 
-from .base import Repository, StorageError
+from typing import Any, Iterable
+
+from .base import Repository, StorageError, StoreDefinition
 
 
-def open_repository(url: str) -> Repository:
-    """The repository for a storage URL: sqlite:///, postgresql://, mongodb:// or mongomock://."""
+def open_repository(url: str, stores: Iterable[StoreDefinition[Any]]) -> Repository:
+    """The repository for a storage URL (sqlite:///, postgresql://, mongodb://) holding `stores`."""
+    stores = list(stores)
     if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
         from .sql import SqlRepository
 
-        return SqlRepository(url)
-    if url.startswith(("mongodb://", "mongodb+srv://", "mongomock://")):
-        from .mongo import MongoRepository
+        return SqlRepository(url, stores)
+    scheme = url.split("://", 1)[0]
+    from .mongo import MongoRepository
 
-        return MongoRepository(url)
-    raise StorageError("unsupported storage URL scheme; use sqlite:///, postgresql://, "
-                       "mongodb:// or mongomock://")
+    if scheme in ("mongodb", "mongodb+srv") or scheme in MongoRepository.client_factories:
+        return MongoRepository(url, stores)
+    raise StorageError("unsupported storage URL scheme; use sqlite:///, postgresql:// or mongodb://")

@@ -1,59 +1,103 @@
-"""The Starlette application: routes every `POST [base]/{endpoint}/$operation` to the operation
-a plugin declared, with formats, authentication, binding and errors handled here once.
+"""The ASGI application: one error boundary around every route, and the request pipeline of the
+operations that plugins declare.
 
     POST {base}/{endpoint}/${operation}           an operation (Parameters, or a batch Bundle)
     GET  {base}/{endpoint}/metadata               CapabilityStatement
     GET  {base}/{endpoint}/OperationDefinition/{id}
     GET  /healthz   /readyz   /metrics
+
+Whatever happens — an unknown path, a wrong method, a malformed body, a limit, a bug — the client
+gets a FHIR OperationOutcome in the negotiated format, never a stack trace or a bare text. A real
+bug answers 500 with an error id that the log line carries as well (with the error's type and
+place, never values). A trailing slash is served like the path without it; nothing redirects.
+
+Before the body is read, the caller is authenticated when the headers carry credentials; a body
+that must be parsed to find its API key (the guide's `apikey` parameter) is read under the smaller
+`max_unauthenticated_body_bytes` limit. Bodies are read within `body_timeout_seconds`, large ones
+are decoded off the event loop, and every limit is checked before any work (`config.Limits`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hashlib
+import hmac
 import logging
 import os
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 import orjson
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ttp_gateway.backends import open_repository
-from ttp_gateway.backends.base import Repository, StorageError
+from ttp_gateway.backends.base import Repository, StorageError, StoreRegistry
 
 from . import capability, codec, fhir
-from .auth import Client, KeyRing, api_key_from_settings
-from .config import Config, ConfigError, load_config
-from .errors import (FhirError, InvalidRequest, NotAuthenticated, NotFound, PayloadTooLarge)
+from .auth import Authenticator, Client, ScopeKinds, api_key_from_settings
+from .config import Config, ConfigError, Limits, load_config
+from .errors import FhirError, InvalidRequest, NotAuthenticated, NotFound, PayloadTooLarge
+from .execution import Answer, Executor, internal_error, outcome_of, storage_failure
 from .gateway import Call, Gateway, utc_now
+from .keystore import KEYS
 from .observability import Metrics, configure_logging
-from .operations import Operation, Result, bind, scoped_values
-from .plugins import OperationTable, plugin_manager
+from .operations import Budget, Operation, bind, scoped_values
+from .plugins import OperationTable, Plugins, load_plugins
+from .server import use_limits
 
 log = logging.getLogger("ttp_gateway.request")
-INLINE_BODY = 16 * 1024  # reads with smaller bodies run on the event loop when reads never block
+INLINE_BODY = 16 * 1024    # reads with smaller bodies run on the event loop when reads never block
+INLINE_DECODE = 64 * 1024  # larger bodies are decoded on a worker thread
+_WANTED_HEADERS = {b"accept", b"content-type", b"content-length", b"apikey", b"x-api-key", b"authorization"}
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class RequestTimeout(FhirError):
+    status = 408
+    issue_code = "timeout"
+
+
+class MethodNotAllowed(FhirError):
+    status = 405
+    issue_code = "not-supported"
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"this path allows {', '.join(allowed)} only")
+        self.allowed = allowed
+
+
+class HeadersTooLarge(FhirError):
+    status = 431
+    issue_code = "too-costly"
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request was read."""
 
 
 class GatewayApp:
-    """The request pipeline of one gateway; `starlette` is the ASGI app serving it."""
+    """The ASGI app of one gateway."""
 
     def __init__(self, gateway: Gateway, operations: OperationTable) -> None:
         self.gateway = gateway
         self.operations = operations
-        server = gateway.config.server
-        self.base_path = server.base_path
-        self.max_body = server.max_body_bytes
-        self.metrics = Metrics()
+        self.base_path = gateway.config.server.base_path
+        self.limits: Limits = gateway.config.limits
+        self.executor = Executor(gateway.repository, self.limits.max_answer_bytes)
+        self.metrics = Metrics({endpoint: {*ops, "metadata", "OperationDefinition"}
+                                for endpoint, ops in operations.by_endpoint.items()})
+        metrics = gateway.config.data["metrics"]
+        self._metrics_enabled = bool(metrics["enabled"]) and not int(metrics["port"])
+        self._metrics_key = str(metrics.get("key_sha256") or "").lower()
         self._reads_block = gateway.repository.reads_block
-        auth = gateway.config.data["auth"]
-        self.keys = KeyRing((api_key_from_settings(k) for k in auth.get("api_keys", [])),
-                            self._stored_keys, require_key=bool(auth.get("require_api_key", True)))
+        self.auth = Authenticator.from_settings(gateway.config.data["auth"], self._stored_keys)
+        self.keys = self.auth.keys
+        self._challenge = (self.auth.challenge() or "").encode()
         self._definitions: dict[str, dict[str, dict]] = {}
         self._capabilities: dict[str, dict] = {}
         published = utc_now().strftime("%Y-%m-%d")
@@ -63,239 +107,302 @@ class GatewayApp:
                                            for op in ops.values()}
             self._capabilities[endpoint] = capability.capability_statement(endpoint, ops.values(),
                                                                            base_url, published)
-        self.starlette = Starlette(
-            routes=[
-                Route(self.base_path + "/{endpoint}/${operation}", _AsgiEndpoint(self.invoke), methods=["POST"]),
-                Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
-                Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition,
-                      methods=["GET"]),
-                Route("/healthz", self.healthz, methods=["GET"]),
-                Route("/readyz", self.readyz, methods=["GET"]),
-                Route("/metrics", self.render_metrics, methods=["GET"]),
-            ],
-            lifespan=self._lifespan,
-        )
-        self.starlette.state.gateway = gateway
-        self.starlette.state.keys = self.keys
+        # Starlette's routing matches paths and methods; answers come from the boundary.
+        self._routes = [
+            Route(self.base_path + "/{endpoint}/${operation}", self.invoke, methods=["POST"]),
+            Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
+            Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.render_metrics, methods=["GET"]),
+        ]
 
-    # --- operations -----------------------------------------------------------------------
-    async def invoke(self, scope: dict, receive: Any, send: Any) -> None:
-        """The operation request pipeline, as a plain ASGI endpoint: the hot path of every call
-        skips Starlette's Request and Response objects."""
+    # --- the boundary -------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
         started = time.perf_counter()
-        endpoint = scope["path_params"]["endpoint"]
-        name = scope["path_params"]["operation"]
-        headers = _headers(scope)
-        out_format, media_type = codec.response_media_type(_format_parameter(scope), headers.get("accept"))
-        op = self.operations.lookup(endpoint, name)
-        client: Client | None = None
-        items = 0
+        headers: dict[str, str] = {}
+        fmt, media_type = "json", codec.DEFAULT_MEDIA_TYPE["json"]
+        request = _Request(scope, headers)
         try:
-            if op is None:
-                raise NotFound(f"operation ${name} is not provided at endpoint {endpoint!r}",
-                               issue_code="not-supported")
-            body = await self._read_body(receive, headers.get("content-length"))
-            in_format, charset = codec.request_format(headers.get("content-type"), body)
-            resource = codec.decode(body, in_format, charset)
-            client = self.keys.authenticate(self._presented_key(headers, resource))
-            if not client.may_call(endpoint, op.name):
-                raise NotAuthenticated(f"this API key may not call ${op.name} at {endpoint!r}")
-            if resource["resourceType"] == "Bundle" and op.batch:
-                status, answer, items = await self._invoke_batch(op, resource, client)
-            else:
-                inline = op.quick_read and not self._reads_block and len(body) <= INLINE_BODY
-                status, answer, items = await self._invoke_one(op, resource, client, inline)
+            self._read_headers(scope, headers)
+            fmt, media_type = codec.response_media_type(_format_parameter(scope), headers.get("accept"))
+            handler, params = self._route(scope)
+            status, answer = await handler(request, receive, params)
+        except _ClientGone:
+            return
         except FhirError as error:
-            status, answer = error.status, _outcome_of(error)
+            status, answer = error.status, outcome_of(error)
+            if isinstance(error, MethodNotAllowed):
+                request.extra_headers.append((b"allow", ", ".join(error.allowed).encode()))
+            elif status == 401 and self._challenge:
+                request.extra_headers.append((b"www-authenticate", self._challenge))
         except StorageError as error:
-            log.error("storage failure", extra={"error": type(error).__name__, "detail": str(error)})
-            status, answer = 503, fhir.operation_outcome("error", "transient", "storage is unavailable")
-        except Exception:  # noqa: BLE001 - never a stack trace to the client
-            log.exception("unhandled error", extra={"endpoint": endpoint, "operation": name})
-            status, answer = 500, fhir.operation_outcome("fatal", "exception", "internal error")
-        content = codec.encode(answer, out_format)
-        elapsed = time.perf_counter() - started
-        operation = op.name if op else "unknown"
-        self.metrics.observe(endpoint, operation, status, elapsed, items)
-        if log.isEnabledFor(logging.INFO):
-            log.info("request", extra={"endpoint": endpoint, "operation": operation, "status": status,
-                                       "ms": round(elapsed * 1000, 2), "items": items,
-                                       "client": client.name if client else None})
+            status, answer = storage_failure(error)
+        except Exception:  # noqa: BLE001 - nothing leaves without an OperationOutcome
+            status, answer = internal_error("request", request.op)
+        if isinstance(answer, Answer):
+            content = answer.content
+        elif isinstance(answer, tuple):  # (bytes, media type) of a non-FHIR service route
+            content, media_type = answer
+        else:
+            content = _encoded(answer, fmt)
+        if request.observed:
+            self.metrics.observe(request.endpoint, request.operation, status, time.perf_counter() - started,
+                                 answer.items if isinstance(answer, Answer) else 0)
+            if log.isEnabledFor(logging.INFO):
+                endpoint, operation = self.metrics.labels(request.endpoint, request.operation)
+                log.info("request", extra={"endpoint": endpoint, "operation": operation, "status": status,
+                                           "ms": round((time.perf_counter() - started) * 1000, 2),
+                                           "items": answer.items if isinstance(answer, Answer) else 0,
+                                           "client": request.client.name if request.client else None})
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
-                                (b"content-length", str(len(content)).encode())]})
+                                (b"content-length", str(len(content)).encode()), *request.extra_headers]})
         await send({"type": "http.response.body", "body": content})
 
-    async def _invoke_one(self, op: Operation, resource: dict, client: Client,
-                          inline: bool) -> tuple[int, dict, int]:
-        call = self._bind(op, resource, client)
-        # A small read on an embedded store takes less time than the hop to a worker thread.
-        result = op.handler(call) if inline else await run_in_threadpool(op.handler, call)
-        items = _count_items(call)
-        if isinstance(result, Result):
-            return result.status, result.resource, items
-        return 200, result, items
+    def _read_headers(self, scope: dict[str, Any], found: dict[str, str]) -> None:
+        """The few request headers the pipeline reads (a repeated one counts once, the first),
+        after checking that the headers stay within their limits."""
+        raw = scope["headers"]
+        if len(raw) > self.limits.max_headers:
+            raise HeadersTooLarge(f"the request has more than {self.limits.max_headers} headers")
+        size = 0
+        for name, value in raw:
+            size += len(name) + len(value)
+            if name in _WANTED_HEADERS:
+                key = name.decode("latin-1")
+                if key not in found:
+                    found[key] = value.decode("latin-1")
+        if size > self.limits.max_header_bytes:
+            raise HeadersTooLarge(f"the request headers exceed {self.limits.max_header_bytes} bytes")
 
-    async def _invoke_batch(self, op: Operation, bundle: dict, client: Client) -> tuple[int, dict, int]:
-        """A `batch` Bundle of Parameters, each entry one call; entries fail independently."""
+    def _route(self, scope: dict[str, Any]) -> tuple[Callable[..., Awaitable[tuple[int, Any]]], dict[str, str]]:
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path[:-1]}  # served like the path without it; no redirect
+        for route in self._routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return route.endpoint, child["path_params"]
+            if match is Match.PARTIAL:  # the path, but not the method
+                raise MethodNotAllowed(tuple(sorted(route.methods or ())))
+        raise NotFound("there is nothing at this path", issue_code="not-found")
+
+    # --- operations ---------------------------------------------------------------------------
+    async def invoke(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        endpoint, name = params["endpoint"], params["operation"]
+        request.endpoint, request.operation, request.observed = endpoint, name, True
+        op = self.operations.lookup(endpoint, name)
+        if op is None:
+            if endpoint not in self.operations.by_endpoint:
+                raise NotFound("there is no such endpoint", issue_code="not-found")
+            raise NotFound(f"this operation is not provided at endpoint {endpoint!r}", issue_code="not-supported")
+        request.op, request.operation = op, op.name
+        headers = request.headers
+        client: Client | None = None
+        if self.auth.header_credentials(headers):  # refused callers are not read further
+            client = self._authorised(await self._authenticate(headers, None, endpoint), op)
+        if client is not None or self.auth.allows_anonymous(endpoint):
+            limit = self.limits.max_body_bytes
+        else:  # the key can only be in the body: read little until it is known
+            limit = min(self.limits.max_body_bytes, self.limits.max_unauthenticated_body_bytes)
+        body = await self._read_body(receive, headers.get("content-length"), limit)
+        in_format = codec.request_format(headers.get("content-type"), body)
+        if len(body) > INLINE_DECODE:
+            resource = await run_in_threadpool(codec.decode, body, in_format)
+        else:
+            resource = codec.decode(body, in_format)
+        body_key = _pop_body_key(resource)  # removed either way: operations never see it
+        if client is None:
+            client = self._authorised(await self._authenticate(headers, body_key, endpoint), op)
+        request.client = client
+        budget = Budget(self.limits.max_items, self.limits.max_created, self.limits.max_depth)
+        fmt = codec.response_media_type(_format_parameter(request.scope), headers.get("accept"))[0]
+        if resource["resourceType"] == "Bundle" and op.batch:
+            calls = self._bind_batch(op, resource, client, budget)
+            answer = await run_in_threadpool(self.executor.run_batch, op, calls, fmt)
+        else:
+            call = self._bind(op, resource, client, budget)
+            call.invoked_as = name
+            # A small read on an embedded store takes less time than the hop to a worker thread.
+            if op.quick_read and not self._reads_block and len(body) <= INLINE_BODY:
+                answer = self.executor.run(op, call, fmt)
+            else:
+                answer = await run_in_threadpool(self.executor.run, op, call, fmt)
+        return answer.status, answer
+
+    async def _authenticate(self, headers: dict[str, str], body_key: str | None, endpoint: str) -> Client:
+        if self.auth.blocking(headers):  # argon2, or fetching a token issuer's keys
+            return await run_in_threadpool(self.auth.authenticate, headers, body_key, endpoint)
+        return self.auth.authenticate(headers, body_key, endpoint)
+
+    @staticmethod
+    def _authorised(client: Client, op: Operation) -> Client:
+        if not client.may_call(op.endpoint, op.name):
+            raise NotAuthenticated(f"this caller may not call ${op.name} at {op.endpoint!r}")
+        return client.for_call(op.endpoint, op.name)
+
+    def _bind_batch(self, op: Operation, bundle: dict, client: Client, budget: Budget) -> list[Call | FhirError]:
+        """The calls of a `batch` Bundle of Parameters, each entry one call; entries that cannot
+        be bound are answered alone."""
         if bundle.get("type") != "batch":
             raise InvalidRequest("only Bundles of type 'batch' are accepted")
         entries = bundle.get("entry", [])
         if not isinstance(entries, list):
             raise InvalidRequest("Bundle.entry must be an array")
+        budget.items(len(entries), "Bundle.entry")
         calls: list[Call | FhirError] = []
         for index, entry in enumerate(entries):
             try:
                 if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
                     raise InvalidRequest(f"entry {index + 1} has no resource")
-                url = str((entry.get("request") or {}).get("url", "")).rsplit("/", 1)[-1].lstrip("$")
-                if url and self.operations.lookup(op.endpoint, url) is not op:
+                request = entry.get("request")
+                if request is not None and not isinstance(request, dict):
+                    raise InvalidRequest(f"entry {index + 1}: request must be an object")
+                url = (request or {}).get("url", "")
+                if not isinstance(url, str):
+                    raise InvalidRequest(f"entry {index + 1}: request.url must be a string")
+                name = url.rsplit("/", 1)[-1].split("?", 1)[0].lstrip("$")
+                if name and self.operations.lookup(op.endpoint, name) is not op:
                     raise InvalidRequest(f"entry {index + 1} asks for another operation")
-                calls.append(self._bind(op, entry["resource"], client))
+                calls.append(self._bind(op, entry["resource"], client, budget))
+            except PayloadTooLarge:
+                raise  # a limit of the whole request
             except FhirError as error:
                 calls.append(error)
-        answers = await run_in_threadpool(_run_batch, op, calls)
-        items = sum(_count_items(c) for c in calls if isinstance(c, Call))
-        return 200, {"resourceType": "Bundle", "type": "batch-response", "entry": answers}, items
+        return calls
 
-    def _bind(self, op: Operation, resource: dict, client: Client) -> Call:
+    def _bind(self, op: Operation, resource: dict, client: Client, budget: Budget) -> Call:
         if resource.get("resourceType") != "Parameters":
             raise InvalidRequest(f"${op.name} expects a Parameters resource")
-        args = bind(op.parameters, resource.get("parameter", []))
+        args = bind(op.parameters, resource.get("parameter", []), budget=budget)
         for scope, value in scoped_values(op.parameters, args):
             if not client.may_use(scope, value):
-                raise NotAuthenticated(f"this API key may not use {scope[:-1]} {value!r}")
+                raise NotAuthenticated(f"this caller may not use the {scope} it named")
         return Call(self.gateway, op, args, client)
 
-    @staticmethod
-    def _presented_key(headers: dict[str, str], resource: dict) -> str | None:
-        """The API key from a header, else from an `apikey` body parameter. The parameter is
-        removed either way, so that operations never see it."""
-        from_body = _pop_body_key(resource)
-        return headers.get("apikey") or headers.get("x-api-key") or from_body
-
-    async def _read_body(self, receive: Any, declared: str | None) -> bytes:
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
+    async def _read_body(self, receive: Receive, declared: str | None, limit: int) -> bytes:
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            if not declared.isdigit():
+                raise InvalidRequest("the Content-Length header is not a number")
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes"
+                                  + ("" if limit == self.limits.max_body_bytes else
+                                     " (the limit while the caller is not yet known; send the API key "
+                                     "in a header to send more)"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout_seconds
         chunks, size = [], 0
         while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RequestTimeout("the request body did not arrive in time")
+            try:
+                message = await asyncio.wait_for(receive(), remaining)
+            except asyncio.TimeoutError:
+                raise RequestTimeout("the request body did not arrive in time") from None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
+            if size > limit:
+                raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _stored_keys(self) -> list:
-        with self.gateway.repository.transaction() as tx:
-            return [api_key_from_settings(k.as_settings()) for k in tx.get_api_keys()]
+        with self.gateway.repository.read() as unit:
+            return [api_key_from_settings(k.as_settings()) for k in unit[KEYS].get_api_keys()]
 
-    # --- metadata -------------------------------------------------------------------------
-    async def metadata(self, request: Request) -> Response:
-        statement = self._capabilities.get(request.path_params["endpoint"])
+    # --- metadata -----------------------------------------------------------------------------
+    async def metadata(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        statement = self._capabilities.get(params["endpoint"])
         if statement is None:
-            return self._answer(request, 404, _outcome_of(NotFound("unknown endpoint")))
-        return self._answer(request, 200, statement)
+            raise NotFound("there is no such endpoint")
+        request.endpoint, request.operation, request.observed = params["endpoint"], "metadata", True
+        return 200, statement
 
-    async def definition(self, request: Request) -> Response:
-        definitions = self._definitions.get(request.path_params["endpoint"], {})
-        wanted = request.path_params["id"]
-        found = definitions.get(wanted) or next(
-            (d for d in definitions.values() if d["code"] == wanted), None)
+    async def definition(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        definitions = self._definitions.get(params["endpoint"])
+        if definitions is None:
+            raise NotFound("there is no such endpoint")
+        request.endpoint, request.operation, request.observed = params["endpoint"], "OperationDefinition", True
+        wanted = params["id"]
+        found = definitions.get(wanted) or next((d for d in definitions.values() if d["code"] == wanted), None)
         if found is None:
-            return self._answer(request, 404, _outcome_of(NotFound(f"no OperationDefinition {wanted!r}")))
-        return self._answer(request, 200, found)
+            raise NotFound("there is no such OperationDefinition")
+        return 200, found
 
-    @staticmethod
-    def _answer(request: Request, status: int, resource: dict) -> Response:
-        fmt, media_type = codec.response_media_type(_format_parameter(request.scope),
-                                                    request.headers.get("accept"))
-        return Response(codec.encode(resource, fmt), status_code=status, media_type=media_type)
+    # --- the service's own routes -------------------------------------------------------------
+    async def healthz(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, (b'{"status":"ok"}', "application/json")
 
-    # --- operations of the service itself ----------------------------------------------------
-    async def healthz(self, request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
-
-    async def readyz(self, request: Request) -> Response:
+    async def readyz(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
         try:
             await run_in_threadpool(self.gateway.repository.ping)
             facts: dict[str, Any] = {"storage": "ok"}
             for reported in self.gateway.plugins.hook.ttp_readiness(gateway=self.gateway):
                 facts.update(reported or {})
         except Exception as error:  # noqa: BLE001 - not ready, whatever the reason
-            body = {"status": "unavailable", "error": type(error).__name__}
-            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
-        return Response(orjson.dumps({"status": "ready", **facts}), media_type="application/json")
+            return 503, (orjson.dumps({"status": "unavailable", "error": type(error).__name__}), "application/json")
+        return 200, (orjson.dumps({"status": "ready", **facts}), "application/json")
 
-    async def render_metrics(self, request: Request) -> Response:
-        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def render_metrics(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        if not self._metrics_enabled:
+            raise NotFound("there is nothing at this path")
+        if self._metrics_key:
+            presented = request.headers.get("apikey") or request.headers.get("x-api-key") or ""
+            given = hashlib.sha256(presented.encode()).hexdigest()
+            if not hmac.compare_digest(given, self._metrics_key):
+                raise NotAuthenticated("the metrics need their own key (header 'apikey')")
+        return 200, self.metrics.render()
 
-    @asynccontextmanager
-    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            self.gateway.plugins.hook.ttp_shutdown(gateway=self.gateway)
-            self.gateway.repository.close()
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    self.gateway.plugins.hook.ttp_shutdown(gateway=self.gateway)
+                    self.gateway.repository.close()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
-def _run_batch(op: Operation, calls: list) -> list[dict]:
-    return [_batch_entry(op, call) for call in calls]
+class _Request:
+    """What the boundary learns about a request while it handles it."""
+
+    __slots__ = ("scope", "headers", "endpoint", "operation", "op", "client", "observed", "extra_headers")
+
+    def __init__(self, scope: dict[str, Any], headers: dict[str, str]) -> None:
+        self.scope = scope
+        self.headers = headers
+        self.endpoint = ""
+        self.operation = ""
+        self.op: Operation | None = None
+        self.client: Client | None = None
+        self.observed = False
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
 
-def _batch_entry(op: Operation, call: Call | FhirError) -> dict:
+def _encoded(resource: dict[str, Any], fmt: codec.Format) -> bytes:
+    """An answer the boundary built itself; JSON if the format cannot hold it (it always can:
+    messages never quote what a client sent)."""
     try:
-        if isinstance(call, FhirError):
-            raise call
-        result = op.handler(call)
-    except FhirError as error:
-        return {"response": {"status": str(error.status), "outcome": _outcome_of(error)}}
-    except StorageError:
-        return {"response": {"status": "503", "outcome": fhir.operation_outcome(
-            "error", "transient", "storage is unavailable")}}
-    except Exception:  # noqa: BLE001 - one entry's failure must not fail the batch
-        log.exception("unhandled error in batch entry", extra={"operation": op.name})
-        return {"response": {"status": "500", "outcome": fhir.operation_outcome(
-            "fatal", "exception", "internal error")}}
-    outcome = None
-    if isinstance(result, Result):
-        status, resource, outcome = result.status, result.resource, result.outcome
-    else:
-        status, resource = 200, result
-    if outcome is None:
-        outcome = fhir.operation_outcome("information", "informational", "Operation completed successfully.")
-    return {"response": {"status": str(status), "outcome": outcome}, "resource": resource}
+        return codec.encode(resource, fmt)
+    except (ValueError, TypeError):
+        return orjson.dumps(fhir.operation_outcome("fatal", "exception", "the answer could not be encoded"))
 
 
-_WANTED_HEADERS = {b"accept", b"content-type", b"content-length", b"apikey", b"x-api-key"}
-
-
-class _AsgiEndpoint:
-    """Wraps a bound method so that Starlette routes to it as a raw ASGI app."""
-
-    def __init__(self, handler: Callable[..., Any]) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        await self.handler(scope, receive, send)
-
-
-def _headers(scope: dict) -> dict[str, str]:
-    """The few request headers the pipeline reads, found in one pass (names are lower case in
-    ASGI; a repeated header counts once, the first)."""
-    found: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        if name in _WANTED_HEADERS and name.decode() not in found:
-            found[name.decode()] = value.decode("latin-1")
-    return found
-
-
-def _format_parameter(scope: dict) -> str | None:
+def _format_parameter(scope: dict[str, Any]) -> str | None:
     query = scope["query_string"]
     if not query:
         return None
@@ -319,54 +426,64 @@ def _pop_body_key(resource: dict) -> str | None:
     return value
 
 
-def _outcome_of(error: FhirError) -> dict:
-    severity = "error" if error.status < 500 else "fatal"
-    return fhir.operation_outcome(severity, error.issue_code, error.diagnostics, error.details)
+# --- building a gateway ---------------------------------------------------------------------------
+
+def load_gateway_plugins(config: Config, extra_plugins: tuple = ()) -> tuple[Plugins, list[str]]:
+    """The plugins of a configuration and the problems of the configuration (empty if none)."""
+    plugins = load_plugins(config.data["plugins"].get("disabled", []), extra_plugins)
+    return plugins, config_problems(config, plugins)
 
 
-def _count_items(call: Call) -> int:
-    """The size of a call, for metrics: the longest repeating parameter."""
-    return max((len(v) for v in call.args.values() if isinstance(v, list)), default=1)
+def config_problems(config: Config, plugins: Plugins) -> list[str]:
+    kinds = ScopeKinds()
+    plugins.hook.ttp_scope_kinds(kinds=kinds)
+    problems = kinds.problems(config.data["auth"])
+    problems += [problem for found in plugins.hook.ttp_check_config(config=config) for problem in found or ()]
+    return problems
 
 
 def build_gateway(config: Config, *, repository: Repository | None = None,
-                  clock: Callable[[], Any] | None = None,
-                  extra_plugins: tuple = ()) -> tuple[Gateway, OperationTable]:
-    """Load plugins, check their configuration, open and migrate storage, collect operations
-    and run the plugins' start-up."""
-    plugins = plugin_manager(config.data["plugins"].get("disabled", []), extra_plugins)
-    problems = config_problems(config, plugins)
+                  clock: Callable[[], Any] | None = None, extra_plugins: tuple = (),
+                  start: bool = True) -> tuple[Gateway, OperationTable]:
+    """Load plugins, check their configuration, open and migrate storage, set the plugins up in
+    dependency order and collect their operations; with `start`, run their start-up (seeding,
+    warm caches) as a serving process does."""
+    plugins, problems = load_gateway_plugins(config, extra_plugins)
     if problems:
         raise ConfigError("; ".join(problems))
-    repository = repository or open_repository(config.storage_url)
+    stores = StoreRegistry()
+    plugins.hook.ttp_stores(stores=stores)
+    repository = repository or open_repository(config.storage_url, stores)
     repository.migrate()
-    gateway = Gateway(config=config, repository=repository, plugins=plugins, clock=clock or utc_now)
-    operations = OperationTable.collect(plugins.hook.ttp_operations(gateway=gateway))
-    plugins.hook.ttp_startup(gateway=gateway)
+    gateway = Gateway(config=config, repository=repository, plugins=plugins.manager, clock=clock or utc_now)
+    plugins.call_in_order("ttp_setup", gateway=gateway)
+    operations = OperationTable.collect(plugins.call_in_order("ttp_operations", gateway=gateway))
+    if start:
+        plugins.call_in_order("ttp_startup", gateway=gateway)
     return gateway, operations
 
 
-def config_problems(config: Config, plugins: Any) -> list[str]:
-    return [problem for found in plugins.hook.ttp_check_config(config=config) for problem in found or ()]
-
-
 def create_app(config: Config | None = None, *, repository: Repository | None = None,
-               clock: Callable[[], Any] | None = None, extra_plugins: tuple = ()) -> Starlette:
+               clock: Callable[[], Any] | None = None, extra_plugins: tuple = ()) -> GatewayApp:
     """The ASGI app of a gateway. Every worker process calls this once."""
     gateway, operations = build_gateway(config or load_config(), repository=repository, clock=clock,
                                         extra_plugins=extra_plugins)
-    return GatewayApp(gateway, operations).starlette
+    return GatewayApp(gateway, operations)
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> GatewayApp:
     """Factory for uvicorn workers: the configuration file comes from TTP_GATEWAY_CONFIG."""
     config = load_config()
     logging_settings = config.data["logging"]
     configure_logging(logging_settings.get("level", "INFO"), logging_settings.get("format", "json"),
                       logging_settings.get("audit_file", ""))
+    use_limits(config.limits)
     log.info("worker starting", extra={"pid": os.getpid(), "config": config.source})
     app = create_app(config)
     # What start-up built lives as long as the worker; keeping it out of the cyclic garbage
     # collector's scans halves the time large batches spend in collections.
     gc.freeze()
     return app
+
+
+__all__ = ["GatewayApp", "app_from_environment", "build_gateway", "create_app"]

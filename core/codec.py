@@ -1,13 +1,20 @@
 """Body formats: FHIR JSON and XML in both directions, and content negotiation.
 
-The request format follows Content-Type (charset parameters allowed); the response format
-follows `_format`, else Accept, else JSON. Internally every resource is its FHIR JSON form as a
-dict, so operations never see the wire format.
+The request format follows Content-Type (a UTF-8 charset parameter allowed: FHIR bodies are
+UTF-8); the response format follows `_format`, else Accept, else JSON. Internally every resource
+is its FHIR JSON form as a dict, so operations never see the wire format.
+
+Decoding enforces what FHIR allows in a string, the same for both formats: no control
+characters but tab, carriage return and line feed, no Unicode non-characters (U+FFFE, U+FFFF,
+U+FDD0..U+FDEF and the last two of every plane), no unpaired surrogates. Such a value could not be
+stored faithfully (PostgreSQL refuses NUL) nor answered in XML, so the whole request is refused
+with a 400 that names where, never what.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 import orjson
 
@@ -30,22 +37,24 @@ _FORMAT_PARAMETER: dict[str, Format] = {"json": "json", "xml": "xml", **_MEDIA_F
 DEFAULT_MEDIA_TYPE: dict[Format, str] = {"json": "application/fhir+json", "xml": "application/fhir+xml"}
 
 
-def request_format(content_type: str | None, body: bytes) -> tuple[Format, str]:
-    """Format and charset of a request body; 415 for anything but FHIR JSON or XML."""
+_UTF8 = frozenset({"utf-8", "utf8"})
+
+
+def request_format(content_type: str | None, body: bytes) -> Format:
+    """Format of a request body; 415 for anything but FHIR JSON or XML in UTF-8."""
     if not content_type:
         # Tolerate clients that omit the header: the first significant byte tells.
-        return ("xml" if body.lstrip()[:1] == b"<" else "json"), "utf-8"
+        return "xml" if body.lstrip()[:1] == b"<" else "json"
     media, _, params = content_type.partition(";")
     fmt = _MEDIA_FORMATS.get(media.strip().lower())
     if fmt is None:
-        raise UnsupportedMediaType(f"content type {media.strip()[:100]!r} is not supported; "
-                                   "send application/fhir+json or application/fhir+xml")
-    charset = "utf-8"
+        raise UnsupportedMediaType("the content type is not supported; send application/fhir+json "
+                                   "or application/fhir+xml")
     for param in params.split(";"):
         key, _, value = param.partition("=")
-        if key.strip().lower() == "charset" and value.strip():
-            charset = value.strip().strip('"').lower()
-    return fmt, charset
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in _UTF8:
+            raise UnsupportedMediaType("the charset is not supported; FHIR bodies are UTF-8")
+    return fmt
 
 
 def response_media_type(format_parameter: str | None, accept: str | None) -> tuple[Format, str]:
@@ -63,21 +72,66 @@ def response_media_type(format_parameter: str | None, accept: str | None) -> tup
     return "json", DEFAULT_MEDIA_TYPE["json"]
 
 
-def decode(body: bytes, fmt: Format, charset: str = "utf-8") -> dict:
+def decode(body: bytes, fmt: Format) -> dict:
     """A resource from a request body, as its FHIR JSON dict."""
     if not body.strip():
         raise CodecError("the request body is empty")
     if fmt == "xml":
         resource = xmlcodec.parse_xml(body)
+        _check_strings(resource)
     else:
         try:
-            text: bytes | str = body if charset in ("utf-8", "utf8") else body.decode(charset)
-            resource = orjson.loads(text)
-        except (orjson.JSONDecodeError, UnicodeDecodeError, LookupError):
-            raise CodecError("the request body is not valid JSON") from None
+            resource = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise CodecError("the request body is not valid JSON (UTF-8)") from None
+        # Fast path: a body without anything that could spell a forbidden character is walked
+        # no further; a suspicious one (which may be a false alarm, e.g. an escaped backslash)
+        # is checked value by value.
+        if _SUSPECT_JSON.search(body):
+            _check_strings(resource)
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise CodecError("the request body is not a FHIR resource")
     return resource
+
+
+# Characters no FHIR string may hold (https://hl7.org/fhir/R4/datatypes.html#string): controls but
+# tab, CR, LF; non-characters; surrogates (which only a broken decoder would let through).
+NOT_IN_FHIR_STRINGS = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(1, 17)) + "]")
+# What in a JSON body may spell one of them: an escaped control character (or an escaped backslash
+# before "u00.."), an escaped non-character or surrogate, or the UTF-8 bytes of a non-character.
+_SUSPECT_JSON = re.compile(
+    rb"\\u00[01][0-9a-fA-F]|\\u[fF][dD][dDeE][0-9a-fA-F]|\\u[fF]{3}[eEfF]|\\u[dD][89a-fA-F]"
+    rb"|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+
+
+def _check_strings(resource: Any) -> None:
+    """CodecError naming the parameter (else the element path) of the first value, or element
+    name, holding a character no FHIR string may hold."""
+    pending: list[tuple[Any, str, str]] = [(resource, "", "")]  # (node, path, nearest parameter)
+    while pending:
+        node, path, named = pending.pop()
+        if isinstance(node, dict):
+            name = node.get("name")
+            if isinstance(name, str) and len(name) <= 64 and not NOT_IN_FHIR_STRINGS.search(name):
+                named = name
+            items = node.items()
+        else:
+            items = ((f"[{index}]", value) for index, value in enumerate(node))  # type: ignore[assignment]
+        for key, value in items:
+            step = f"{path}.{key}" if isinstance(node, dict) else f"{path}{key}"
+            if isinstance(node, dict) and NOT_IN_FHIR_STRINGS.search(key):
+                raise CodecError(f"an element name in {_where(path, named)} holds a character FHIR does not allow")
+            if isinstance(value, str):
+                if NOT_IN_FHIR_STRINGS.search(value):
+                    raise CodecError(f"{_where(step, named)} holds a character that FHIR strings must not contain")
+            elif isinstance(value, (dict, list)):
+                pending.append((value, step if len(step) < 200 else path, named))
+
+
+def _where(path: str, named: str) -> str:
+    return f"parameter '{named}'" if named else (path.lstrip(".") or "the resource")
 
 
 def encode(resource: dict, fmt: Format) -> bytes:

@@ -6,8 +6,8 @@ underscores, case-insensitive, list items by index: `TTP_GATEWAY__API_KEYS__0__K
 finally `PORT` for the listening port. Environment values are read as TOML values where they
 parse as one (numbers, booleans, arrays, inline tables) and as plain strings otherwise.
 
-The core reads `[server]`, `[storage]`, `[auth]`, `[logging]` and `[plugins]`; every other
-section belongs to the plugin of that name (`[gpas]`, `[dispatcher]`, ...).
+The core reads `[server]`, `[storage]`, `[auth]`, `[limits]`, `[metrics]`, `[logging]` and
+`[plugins]`; every other section belongs to the plugin of that name (`[gpas]`, `[dispatcher]`, ...).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .auth.checks import auth_problems
+
 ENV_PREFIX = "TTP_GATEWAY__"
 CONFIG_PATH_ENV = "TTP_GATEWAY_CONFIG"
 
@@ -28,10 +30,23 @@ DEFAULTS: dict[str, Any] = {
         "port": 8080,
         "workers": 1,
         "base_path": "/ttp-fhir/fhir",
-        "max_body_bytes": 32 * 1024 * 1024,
     },
     "storage": {"url": "sqlite:///ttp-gateway.db"},
     "auth": {"require_api_key": True, "api_keys": []},
+    # Every request is bounded; the defaults protect a small server (see `Limits`).
+    "limits": {
+        "max_body_bytes": 32 * 1024 * 1024,
+        "max_unauthenticated_body_bytes": 1024 * 1024,
+        "body_timeout_seconds": 30.0,
+        "max_items": 100_000,
+        "max_created": 100_000,
+        "max_answer_bytes": 64 * 1024 * 1024,
+        "max_depth": 32,
+        "max_header_bytes": 16 * 1024,
+        "max_headers": 100,
+        "max_connections": 1000,
+    },
+    "metrics": {"enabled": True, "key_sha256": "", "port": 0},
     "logging": {"level": "INFO", "format": "json", "audit_file": ""},
     "plugins": {"disabled": []},
 }
@@ -47,7 +62,36 @@ class ServerSettings:
     port: int
     workers: int
     base_path: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost; a request over a limit is refused before any work.
+
+    max_body_bytes                  request body size (413)
+    max_unauthenticated_body_bytes  body size while the caller is not yet known, i.e. when the
+                                    credentials can only be in the body (`apikey` parameter) (413)
+    body_timeout_seconds            time to send the whole body (408)
+    max_items                       values of one repeating parameter (originals, pseudonyms,
+                                    Bloom filters, ...) and entries of a Bundle (413)
+    max_created                     pseudonyms (or other things) one request may ask to create:
+                                    the sum of its `count`s (413)
+    max_answer_bytes                encoded answer size (413; nothing is written)
+    max_depth                       nesting of a resource given as a parameter (400)
+    max_header_bytes, max_headers   request header size and count (431)
+    max_connections                 open connections per worker (503 beyond)
+    """
+
     max_body_bytes: int
+    max_unauthenticated_body_bytes: int
+    body_timeout_seconds: float
+    max_items: int
+    max_created: int
+    max_answer_bytes: int
+    max_depth: int
+    max_header_bytes: int
+    max_headers: int
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -59,8 +103,22 @@ class Config:
     def server(self) -> ServerSettings:
         s = self.data["server"]
         return ServerSettings(host=str(s["host"]), port=int(s["port"]), workers=int(s["workers"]),
-                              base_path="/" + str(s["base_path"]).strip("/"),
-                              max_body_bytes=int(s["max_body_bytes"]))
+                              base_path="/" + str(s["base_path"]).strip("/"))
+
+    @property
+    def limits(self) -> Limits:
+        given = self.data["limits"]
+        unknown = set(given) - set(Limits.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"[limits] unknown settings {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, spec in Limits.__dataclass_fields__.items():
+            value = given[name]
+            kind = float if spec.type == "float" else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"[limits] {name} must be a positive number")
+            values[name] = kind(value)
+        return Limits(**values)
 
     @property
     def storage_url(self) -> str:
@@ -115,29 +173,21 @@ def check_core_settings(config: Config) -> None:
         raise ConfigError("[server] port must be between 1 and 65535")
     if server.workers < 1:
         raise ConfigError("[server] workers must be at least 1")
-    if server.max_body_bytes < 1024:
-        raise ConfigError("[server] max_body_bytes must be at least 1024")
+    limits = config.limits
+    if limits.max_body_bytes < 1024 or limits.max_unauthenticated_body_bytes < 1024:
+        raise ConfigError("[limits] body sizes must be at least 1024 bytes")
     if not config.storage_url.startswith(("sqlite://", "postgresql", "mongodb://", "mongodb+srv://",
                                           "mongomock://")):
-        raise ConfigError("[storage] url must start with sqlite://, postgresql://, mongodb:// "
-                          "or mongomock://")
-    keys = config.data["auth"].get("api_keys", [])
-    if not isinstance(keys, list):
-        raise ConfigError("[auth] api_keys must be an array of tables")
-    names = set()
-    for index, key in enumerate(keys):
-        where = f"[[auth.api_keys]] #{index + 1}"
-        if not isinstance(key, dict) or not key.get("name"):
-            raise ConfigError(f"{where} needs a name")
-        if bool(key.get("key")) == bool(key.get("key_sha256")):
-            raise ConfigError(f"{where} ({key['name']}) needs exactly one of key or key_sha256")
-        if key["name"] in names:
-            raise ConfigError(f"{where}: the name {key['name']!r} is used twice")
-        names.add(key["name"])
-        for scope in ("endpoints", "operations", "domains", "studies"):
-            value = key.get(scope, ["*"])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where} ({key['name']}): {scope} must be an array of strings")
+        raise ConfigError("[storage] url must start with sqlite://, postgresql:// or mongodb://")
+    metrics = config.data["metrics"]
+    if not isinstance(metrics.get("enabled"), bool) or not isinstance(metrics.get("port"), int):
+        raise ConfigError("[metrics] enabled must be true or false and port a number")
+    auth = config.data["auth"]
+    if not isinstance(auth, dict):
+        raise ConfigError("[auth] must be a table")
+    problems = auth_problems(auth)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _merge(target: dict, source: Mapping) -> None:

@@ -48,6 +48,13 @@ class NotFound(FhirError):
     issue_code = "not-found"
 
 
+class Conflict(FhirError):
+    """A write that contradicts what is stored, e.g. other data for a task already answered (409)."""
+
+    status = 409
+    issue_code = "conflict"
+
+
 class Unprocessable(FhirError):
     """Missing or wrong patient attributes (422)."""
 

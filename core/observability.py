@@ -7,13 +7,10 @@ the `ttp_gateway.audit` logger, which `[logging] audit_file` can route to a file
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import sys
-import threading
 import time
-from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -109,49 +106,49 @@ def configure_logging(level: str = "INFO", fmt: str = "json", audit_file: str = 
 
 
 class Metrics:
-    """Request counters and latency histograms in the Prometheus text format (per process)."""
+    """Request counters and latency histograms (prometheus_client), aggregated over all worker
+    processes when PROMETHEUS_MULTIPROC_DIR is set (`ttp-gateway serve` sets it).
+
+    Label values come only from what the gateway declares: endpoint and operation names of the
+    loaded plugins (anything else counts as "other") and status classes ("2xx", "4xx", "5xx"), so
+    no request can add series or text of its own to the exposition."""
 
     BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+    OTHER = "other"
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self._items: dict[tuple[str, str], int] = defaultdict(int)
-        self._latency: dict[tuple[str, str], list[float]] = {}
+    def __init__(self, operations: dict[str, set[str]]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # `*_created` series carry nothing an operator needs
+        self._known = {endpoint: frozenset(names) for endpoint, names in operations.items()}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter("ttp_requests", "Requests by endpoint, operation and status class.",
+                                 ["endpoint", "operation", "status"], registry=self.registry)
+        self._items = Counter("ttp_items", "Items (originals, pseudonyms, Bloom filters) processed.",
+                              ["endpoint", "operation"], registry=self.registry)
+        self._latency = Histogram("ttp_request_seconds", "Time to answer a request.", ["endpoint", "operation"],
+                                  buckets=self.BUCKETS, registry=self.registry)
+
+    def labels(self, endpoint: str, operation: str) -> tuple[str, str]:
+        known = self._known.get(endpoint)
+        if known is None:
+            return self.OTHER, self.OTHER
+        return endpoint, operation if operation in known else self.OTHER
 
     def observe(self, endpoint: str, operation: str, status: int, seconds: float, items: int = 0) -> None:
-        # One bucket counted per request; `render` accumulates them as Prometheus expects.
-        bucket = bisect.bisect_left(self.BUCKETS, seconds)
-        with self._lock:
-            self._requests[(endpoint, operation, status)] += 1
-            self._items[(endpoint, operation)] += items
-            buckets = self._latency.get((endpoint, operation))
-            if buckets is None:
-                buckets = self._latency[(endpoint, operation)] = [0] * (len(self.BUCKETS) + 2)
-            buckets[bucket] += 1      # the last bucket index stands for +Inf
-            buckets[-1] += seconds    # sum
+        endpoint, operation = self.labels(endpoint, operation)
+        status_class = f"{status // 100}xx" if 100 <= status < 600 else self.OTHER
+        self._requests.labels(endpoint, operation, status_class).inc()
+        if items:
+            self._items.labels(endpoint, operation).inc(items)
+        self._latency.labels(endpoint, operation).observe(seconds)
 
-    def render(self) -> str:
-        lines = ["# HELP ttp_requests_total Operation requests by endpoint, operation and status.",
-                 "# TYPE ttp_requests_total counter"]
-        with self._lock:
-            for (endpoint, operation, status), count in sorted(self._requests.items()):
-                lines.append(f'ttp_requests_total{{endpoint="{endpoint}",operation="{operation}",'
-                             f'status="{status}"}} {count}')
-            lines += ["# HELP ttp_items_total Items (originals, pseudonyms, Bloom filters) processed.",
-                      "# TYPE ttp_items_total counter"]
-            for (endpoint, operation), count in sorted(self._items.items()):
-                lines.append(f'ttp_items_total{{endpoint="{endpoint}",operation="{operation}"}} {count}')
-            lines += ["# HELP ttp_request_seconds Time to answer an operation request.",
-                      "# TYPE ttp_request_seconds histogram"]
-            for (endpoint, operation), buckets in sorted(self._latency.items()):
-                labels = f'endpoint="{endpoint}",operation="{operation}"'
-                running = 0
-                for bound, count in zip(self.BUCKETS, buckets):
-                    running += count
-                    lines.append(f'ttp_request_seconds_bucket{{{labels},le="{bound}"}} {running}')
-                total = running + buckets[-2]
-                lines.append(f'ttp_request_seconds_bucket{{{labels},le="+Inf"}} {total}')
-                lines.append(f"ttp_request_seconds_count{{{labels}}} {total}")
-                lines.append(f"ttp_request_seconds_sum{{{labels}}} {buckets[-1]:.6f}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> tuple[bytes, str]:
+        """The exposition (of every worker when in multiprocess mode) and its media type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

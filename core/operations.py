@@ -8,23 +8,73 @@ requests (this module), and generates the OperationDefinition and CapabilityStat
 Binding is the tolerant reader of the wire protocol: a string may arrive as valueString,
 valueCode, valueId or valueUri (and the other string-like types); an integer as valueInteger,
 valuePositiveInt, valueUnsignedInt or a digit string. Unknown parameters are ignored.
+
+It is also strict where FHIR is: every value must be valid for the type it is sent as (an id as
+FHIR's id, an integer in its range, base64 as base64), every parameter needs a name, and a
+resource given as a parameter may nest only so deep. Violations are 400 and name the parameter,
+never its value. (Characters that no FHIR string may hold are refused when the body is decoded,
+`codec.decode`.) A `Budget` bounds what one request may ask for: values of a repeating parameter,
+things to create (the sum of the values of `creates` parameters), nesting; beyond it, 413.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, PayloadTooLarge
 
 UNBOUNDED = "*"
 
 _STRING_KEYS = ("valueString", "valueCode", "valueId", "valueUri", "valueUrl", "valueCanonical",
                 "valueOid", "valueUuid", "valueMarkdown")
-_INTEGER_KEYS = ("valueInteger", "valuePositiveInt", "valueUnsignedInt", "valueInteger64")
 
 # FHIR primitive types whose value reaches the handler as a Python str.
 _STRING_TYPES = {"string", "code", "id", "uri", "url", "canonical", "oid", "uuid", "markdown"}
+
+# FHIR's own value patterns (https://hl7.org/fhir/R4/datatypes.html), for the value[x] keys
+# that carry them; a value sent as valueString is any string.
+_VALUE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "valueCode": re.compile(r"[^\s]+(\s[^\s]+)*"),
+    "valueId": re.compile(r"[A-Za-z0-9\-.]{1,64}"),
+    "valueUri": re.compile(r"\S*"),
+    "valueUrl": re.compile(r"\S*"),
+    "valueCanonical": re.compile(r"\S*"),
+    "valueOid": re.compile(r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+"),
+    "valueUuid": re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+}
+_INTEGER_RANGES = {"valueInteger": (-(2 ** 31), 2 ** 31 - 1), "valuePositiveInt": (1, 2 ** 31 - 1),
+                   "valueUnsignedInt": (0, 2 ** 31 - 1), "valueInteger64": (-(2 ** 63), 2 ** 63 - 1)}
+_DATE_PATTERNS = {
+    "date": re.compile(r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?"),
+    "dateTime": re.compile(r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
+                           r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?"),
+    "instant": re.compile(r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])"
+                          r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"),
+}
+
+
+@dataclass
+class Budget:
+    """What binding one request (all entries of a Bundle together) may still take."""
+
+    max_items: int = 1_000_000
+    max_created: int = 1_000_000
+    max_depth: int = 64
+    created: int = 0
+
+    def create(self, count: int, where: str) -> None:
+        if count > 0:
+            self.created += count
+            if self.created > self.max_created:
+                raise PayloadTooLarge(f"the request asks to create more than {self.max_created} items "
+                                      f"(parameter '{where}'); send several requests")
+
+    def items(self, count: int, where: str) -> None:
+        if count > self.max_items:
+            raise PayloadTooLarge(f"parameter '{where}' has more than {self.max_items} values; "
+                                  "send several requests")
 
 
 @dataclass(frozen=True)
@@ -33,8 +83,9 @@ class Param:
 
     `type` is a FHIR type name ("string", "integer", "base64Binary", "Identifier", "Patient", ...)
     or None for a parameter made only of parts. A parameter with both a type and parts accepts
-    either form. `scope` names the API-key scope (e.g. "domains", "studies") that must allow
-    every value given for this parameter.
+    either form. `scope` names the scope kind (e.g. "domains", "studies") that must allow every
+    value given for this parameter. `creates` marks an integer parameter whose values are numbers
+    of things the call creates: their sum over a request is bounded (`[limits] max_created`).
     """
 
     name: str
@@ -44,7 +95,8 @@ class Param:
     doc: str = ""
     parts: tuple["Param", ...] = ()
     scope: str | None = None
-    reader: Callable[[dict, str], Any] = field(init=False, repr=False, compare=False)
+    creates: bool = False
+    reader: Callable[[dict, str, Budget], Any] = field(init=False, repr=False, compare=False)
     scoped: bool = field(init=False, repr=False, compare=False)  # a scope here or in a part
 
     def __post_init__(self) -> None:
@@ -52,6 +104,8 @@ class Param:
             raise ValueError(f"parameter {self.name}: max must be a positive int or '*'")
         if self.type is None and not self.parts:
             raise ValueError(f"parameter {self.name}: needs a type or parts")
+        if self.creates and self.type not in ("integer", "positiveInt", "unsignedInt"):
+            raise ValueError(f"parameter {self.name}: only integer parameters count things created")
         object.__setattr__(self, "reader", _reader_for(self))
         object.__setattr__(self, "scoped", self.scope is not None or any(p.scoped for p in self.parts))
 
@@ -107,8 +161,10 @@ class Args(dict):
     and an `Args` per instance of a parameter made of parts."""
 
 
-def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
+def bind(parameters: tuple[Param, ...], given: Any, path: str = "", budget: Budget | None = None) -> Args:
     """Check `given` (a Parameters.parameter or .part array) against the declaration."""
+    if budget is None:
+        budget = Budget()
     if not isinstance(given, list):
         raise InvalidRequest(f"'{path or 'parameter'}' must be an array")
     entry = _declared.get(id(parameters))
@@ -117,15 +173,14 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
     declared = entry[1]
     collected: dict[str, list] = {name: [] for name in declared}
     for item in given:
-        if not isinstance(item, dict):
+        if item.__class__ is not dict:
             raise InvalidRequest(f"every entry of '{path or 'parameter'}' must be an object")
         name = item.get("name")
-        param = declared.get(name)  # type: ignore[arg-type]
-        if param is None:
-            if not isinstance(name, str):
-                raise InvalidRequest(f"an entry of '{path or 'parameter'}' has no name")
-            continue
-        collected[name].append(param.reader(item, path + name))
+        if name.__class__ is not str:
+            raise InvalidRequest(f"every entry of '{path or 'parameter'}' needs a name, as a string")
+        param = declared.get(name)
+        if param is not None:
+            collected[name].append(param.reader(item, path + name, budget))
     args = Args()
     for param in parameters:
         values = collected[param.name]
@@ -136,6 +191,11 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
             raise InvalidRequest(f"parameter '{path}{param.name}' must not be repeated")
         if param.max != UNBOUNDED and len(values) > param.max:  # type: ignore[operator]
             raise InvalidRequest(f"parameter '{path}{param.name}' may occur at most {param.max} times")
+        if param.repeats:
+            budget.items(len(values), path + param.name)
+        if param.creates:
+            for value in values:
+                budget.create(value, path + param.name)
         args[param.name] = values if param.repeats else (values[0] if values else None)
     return args
 
@@ -162,25 +222,28 @@ def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Ite
 
 # --- readers: one per declared parameter, built once -------------------------------------------
 
-def _reader_for(param: Param) -> Callable[[dict, str], Any]:
+Reader = Callable[[dict, str, Budget], Any]
+
+
+def _reader_for(param: Param) -> Reader:
     value_reader = _value_reader(param.type) if param.type else None
     if not param.parts:
         assert value_reader is not None
         return value_reader
     parts = param.parts
 
-    def read_parts(item: dict, where: str) -> Any:
+    def read_parts(item: dict, where: str, budget: Budget) -> Any:
         given = item.get("part")
         if given is None:
             if value_reader is not None:
-                return value_reader(item, where)
+                return value_reader(item, where, budget)
             raise InvalidRequest(f"parameter '{where}' needs parts")
-        return bind(parts, given, where + ".")
+        return bind(parts, given, where + ".", budget)
 
     return read_parts
 
 
-def _value_reader(fhir_type: str) -> Callable[[dict, str], Any]:
+def _value_reader(fhir_type: str) -> Reader:
     if fhir_type in _STRING_TYPES:
         return _read_string
     if fhir_type in ("integer", "positiveInt", "unsignedInt"):
@@ -189,10 +252,12 @@ def _value_reader(fhir_type: str) -> Callable[[dict, str], Any]:
         return _typed_reader(("valueBoolean",), bool, "a boolean")
     if fhir_type == "base64Binary":
         # Clients send Bloom filters as valueBase64Binary; a few send them as plain strings.
+        # Not checked against base64's alphabet here: where a plugin answers per item (a site's
+        # batch of Bloom filters), one undecodable filter must not fail the others.
         return _typed_reader(("valueBase64Binary",) + _STRING_KEYS, str, "a base64Binary")
-    if fhir_type in ("instant", "dateTime", "date"):
+    if fhir_type in _DATE_PATTERNS:
         keys = ("value" + fhir_type[0].upper() + fhir_type[1:],) + _STRING_KEYS
-        return _typed_reader(keys, str, f"a {fhir_type}")
+        return _typed_reader(keys, str, f"a {fhir_type}", _DATE_PATTERNS[fhir_type])
     if fhir_type[0].isupper() and fhir_type in _COMPLEX_DATATYPES:
         return _typed_reader(("value" + fhir_type,), dict, f"a {fhir_type}")
     if fhir_type[0].isupper():
@@ -204,12 +269,15 @@ _COMPLEX_DATATYPES = {"Identifier", "Coding", "CodeableConcept", "Reference", "P
                       "HumanName", "Quantity", "Attachment", "ContactPoint", "Meta"}
 
 
-def _read_string(item: dict, where: str) -> str:
+def _read_string(item: dict, where: str, budget: Budget) -> str:
     value = item.get("valueString")
     if value is None:
         for key in _STRING_KEYS:
             value = item.get(key)
             if value is not None:
+                pattern = _VALUE_PATTERNS.get(key)
+                if pattern is not None and type(value) is str and not pattern.fullmatch(value):
+                    raise InvalidRequest(f"parameter '{where}' is not a valid {key[5:]}")
                 break
         else:
             raise InvalidRequest(f"parameter '{where}' needs a string value")
@@ -218,12 +286,14 @@ def _read_string(item: dict, where: str) -> str:
     return value
 
 
-def _read_integer(item: dict, where: str) -> int:
-    for key in _INTEGER_KEYS:
+def _read_integer(item: dict, where: str, budget: Budget) -> int:
+    for key, (lowest, highest) in _INTEGER_RANGES.items():
         value = item.get(key)
         if value is not None:
             if type(value) is not int:
                 raise InvalidRequest(f"parameter '{where}' needs an integer value")
+            if not lowest <= value <= highest:
+                raise InvalidRequest(f"parameter '{where}' is out of the range of {key[5:]}")
             return value
     for key in _STRING_KEYS:
         value = item.get(key)
@@ -231,31 +301,55 @@ def _read_integer(item: dict, where: str) -> int:
             # The guide's own `$pseudonymize-secondary` example sends count as valueString "2".
             text = value.strip() if isinstance(value, str) else ""
             digits = text[1:] if text[:1] in "+-" else text
-            if digits.isascii() and digits.isdigit() and len(digits) <= 18:
-                return int(text)
+            if digits.isascii() and digits.isdigit() and len(digits) <= 10:
+                number = int(text)
+                if -(2 ** 31) <= number < 2 ** 31:
+                    return number
             break
     raise InvalidRequest(f"parameter '{where}' needs an integer value")
 
 
-def _typed_reader(keys: tuple[str, ...], python_type: type, what: str) -> Callable[[dict, str], Any]:
-    def read(item: dict, where: str) -> Any:
+def _typed_reader(keys: tuple[str, ...], python_type: type, what: str,
+                  pattern: re.Pattern[str] | None = None) -> Reader:
+    def read(item: dict, where: str, budget: Budget) -> Any:
         for key in keys:
             value = item.get(key)
             if value is not None:
                 if type(value) is not python_type:
                     break
+                if pattern is not None and not pattern.fullmatch(value):
+                    raise InvalidRequest(f"parameter '{where}' is not {what}")
                 return value
         raise InvalidRequest(f"parameter '{where}' needs {what} value")
 
     return read
 
 
-def _resource_reader(resource_type: str) -> Callable[[dict, str], dict]:
-    def read(item: dict, where: str) -> dict:
+def _resource_reader(resource_type: str) -> Reader:
+    def read(item: dict, where: str, budget: Budget) -> dict:
         resource = item.get("resource")
         if not isinstance(resource, dict) or (
                 resource_type != "Resource" and resource.get("resourceType") != resource_type):
             raise InvalidRequest(f"parameter '{where}' needs a {resource_type} resource")
+        if _depth(resource, budget.max_depth) > budget.max_depth:
+            raise InvalidRequest(f"parameter '{where}' nests deeper than {budget.max_depth} levels")
         return resource
 
     return read
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep objects and arrays nest in `value` (counting stops just past `limit`)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, level = pending.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                return deepest
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                pending.append((child, level + 1))
+    return deepest

@@ -15,8 +15,14 @@ from typing import Iterator
 import pytest
 from hypothesis import settings
 
+import mongomock_sessions
 from ttp_gateway.backends import open_repository
-from ttp_gateway.backends.base import Repository
+from ttp_gateway.backends.base import Repository, StoreDefinition, StoreRegistry
+from ttp_gateway.backends.mongo import MongoRepository
+from ttp_gateway.core.plugins import load_plugins
+
+# mongomock has no sessions: the tests give the MongoDB repository a stand-in for them.
+MongoRepository.client_factories["mongomock"] = mongomock_sessions.client_for
 
 POSTGRES_ADMIN_URL = os.environ.get("TTP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MONGODB_URL = os.environ.get("TTP_TEST_MONGODB_URL", "")
@@ -61,7 +67,7 @@ def _empty_postgres(url: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")]
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE '%alembic_version'")]
         if tables:
             conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
 
@@ -86,9 +92,16 @@ def storage_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         pymongo.MongoClient(MONGODB_URL).drop_database(database)
 
 
+def all_stores() -> list[StoreDefinition]:
+    """The stores of every installed plugin (and the core's), as a gateway opens them."""
+    registry = StoreRegistry()
+    load_plugins().hook.ttp_stores(stores=registry)
+    return list(registry)
+
+
 @pytest.fixture
 def repository(storage_url: str) -> Iterator[Repository]:
-    repo = open_repository(storage_url)
+    repo = open_repository(storage_url, all_stores())
     repo.migrate()
     yield repo
     repo.close()

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import DEMO_CONFIG
 from ttp_gateway.core.config import ConfigError, load_config
-from ttp_gateway.core.plugins import plugin_manager
+from ttp_gateway.core.plugins import load_plugins
 from ttp_gateway.core.app import config_problems
 
 
@@ -18,7 +18,7 @@ def test_demo_configuration_loads() -> None:
     assert domains[:2] == ["MIRACUM", "Datensatz-Ebene"]
     assert {"dic_muenster", "dic_erlangen", "dic_greifswald", "eyematics"} <= set(domains)
     assert [s["name"] for s in config.section("dispatcher")["studies"]] == ["mii", "num", "MyStudy"]
-    assert config_problems(config, plugin_manager()) == []
+    assert config_problems(config, load_plugins()) == []
 
 
 def test_defaults_without_a_file() -> None:
@@ -89,11 +89,11 @@ def test_unknown_environment_path_is_an_error() -> None:
 ])
 def test_invalid_domains_are_reported(domain: dict, message: str) -> None:
     config = load_config(DEMO_CONFIG, environ={}).with_overrides(gpas={"domains": [domain], "pairs": []})
-    problems = config_problems(config, plugin_manager())
+    problems = config_problems(config, load_plugins())
     assert problems and message.lower() in " ".join(problems).lower()
 
 
 def test_pairs_must_name_a_configured_domain() -> None:
     config = load_config(DEMO_CONFIG, environ={}).with_overrides(
         gpas={"pairs": [{"domain": "ELSEWHERE", "original": "a", "pseudonym": "b"}]})
-    assert any("not configured" in p for p in config_problems(config, plugin_manager()))
+    assert any("not configured" in p for p in config_problems(config, load_plugins()))

@@ -81,9 +81,13 @@ def test_provide_patient_data(gateway, fmt) -> None:
     answer = post(gateway, "providePatientData", ex("Parameters-Parameters-ProvidePatientData-request-example-1"), fmt)
     assert answer["resourceType"] == "Bundle"
     assert answer["entry"][0]["resource"]["issue"][0]["severity"] == "information"
-    # The task is done; the same request again finds no open task.
-    post(gateway, "providePatientData", ex("Parameters-Parameters-ProvidePatientData-request-example-1"), fmt,
-         status=404)
+    # The same answer again (a retry after a lost response) gets the same success; other data a conflict.
+    again = post(gateway, "providePatientData", ex("Parameters-Parameters-ProvidePatientData-request-example-1"), fmt)
+    assert again == answer
+    other = ex("Parameters-Parameters-ProvidePatientData-request-example-1")
+    patient = next(p for p in other["parameter"] if p["name"] == "patient")["resource"]
+    patient["birthDate"] = "1970-01-01"
+    post(gateway, "providePatientData", other, fmt, status=409)
 
 
 @FORMATS

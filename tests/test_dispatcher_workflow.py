@@ -10,6 +10,7 @@ from conftest import client_for
 from dispatch import (Clock, Site, b64, balanced_filter, idat_patient, parameters,
                       similar_filter)
 from storage_dump import stored_text
+from stores import transaction
 
 MARTIN = dict(given="Martin", family="Mustermann", birth_date="1965-12-03", gender="male", degree="Dr. med.")
 
@@ -108,7 +109,7 @@ def test_clearing_keeps_twins_apart_and_deletes_the_idat(dispatcher, rng) -> Non
     muenster.provide(holder["taskId"], idat_patient(**MARTIN))
     [available] = erlangen.tasks()
     assert erlangen.project_pseudonym(available["pseudonym"]) != muenster.project_pseudonym(held)
-    stored = stored_text(dispatcher.app.state.gateway.repository)
+    stored = stored_text(dispatcher.app.gateway.repository)
     for value in ("Martin", "Moritz", "Mustermann", "1965-12-03", "Musterhausen", "Dr. med."):
         assert value not in stored, f"{value!r} is still stored"
 
@@ -117,7 +118,12 @@ def test_idat_is_kept_only_while_the_case_is_open(dispatcher, rng) -> None:
     _, erlangen, _, _, _ = start_clearing(dispatcher, rng)
     [requested] = erlangen.tasks()
     erlangen.provide(requested["taskId"], idat_patient(**MARTIN))
-    assert "Mustermann" in stored_text(dispatcher.app.state.gateway.repository)
+    # Kept while the case is open, but sealed: no file of the store holds the name in clear.
+    repository = dispatcher.app.gateway.repository
+    with transaction(repository) as tx:
+        case = tx.get_task(requested["taskId"]).case
+        assert len(tx.get_idat(case)) == 1
+    assert "Mustermann" not in stored_text(repository) and "Martin" not in stored_text(repository)
 
 
 def test_an_expired_clearing_is_aborted_with_a_repeat_request(dispatcher, clock, rng) -> None:
@@ -131,7 +137,7 @@ def test_an_expired_clearing_is_aborted_with_a_repeat_request(dispatcher, clock,
     assert muenster.tasks() == []
     answer = erlangen.provide(requested["taskId"], idat_patient(**MARTIN), status=404)
     assert answer["issue"][0]["code"] == "expired"
-    assert "Mustermann" not in stored_text(dispatcher.app.state.gateway.repository)
+    assert "Mustermann" not in stored_text(dispatcher.app.gateway.repository)
     # Repeating the request starts a new clearing, and the repeat task is done.
     assert erlangen.request_psn(uncertain) == [("error", "incomplete")]
     assert [t["kind"] for t in erlangen.tasks()] == ["send_idat"]
@@ -146,7 +152,8 @@ def test_provide_patient_data_errors(dispatcher, rng) -> None:
     muenster, erlangen, _, _, _ = start_clearing(dispatcher, rng)
     [requested] = erlangen.tasks()
     assert erlangen.provide("no-such-task", idat_patient(**MARTIN), status=404)["issue"][0]["code"] == "not-found"
-    assert muenster.provide(requested["taskId"], idat_patient(**MARTIN), status=401)["issue"][0]["code"] == "security"
+    # Another site's task is answered as if unknown: a caller learns nothing of others' tasks.
+    assert muenster.provide(requested["taskId"], idat_patient(**MARTIN), status=404)["issue"][0]["code"] == "not-found"
     lacking = idat_patient(**MARTIN)
     del lacking["birthDate"]
     answer = erlangen.provide(requested["taskId"], lacking, status=422)

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import GPAS, client_for
 from conftest import parameters as params
+from stores import transaction
+from ttp_gateway.plugins.gpas.api import GPAS as GPAS_API
 
 MIRACUM = "MIRACUM"
 
@@ -42,7 +44,7 @@ def test_allow_create_is_idempotent_and_follows_the_domain_rules(client) -> None
                                params(("target", MIRACUM), *[("original", o) for o in reversed(originals)])))
     assert first == again and len(first) == 500
     assert len(set(first.values())) == 500
-    domain = client.app.state.gateway.service("gpas").domain(MIRACUM)
+    domain = client.app.gateway.service(GPAS_API).domain(MIRACUM)
     assert all(p.startswith("mrcm_") and domain.format.validate(p) is None for p in first.values())
     looked_up = pseudonyms_of(call(client, "pseudonymize",
                                    params(("target", MIRACUM), *[("original", o) for o in originals])))
@@ -103,7 +105,7 @@ def test_secondary_pseudonyms_accumulate_and_stay_unique(client) -> None:
                                                            secondary("Datensatz-Ebene", "OTHER", 1)))
     values = [p["part"][2]["valueIdentifier"]["value"] for p in first["parameter"] + second["parameter"]]
     assert len(values) == 6 and len(set(values)) == 6
-    with client.app.state.gateway.repository.transaction() as tx:
+    with transaction(client.app.gateway.repository) as tx:
         rows = tx.get_pseudonym_rows("Datensatz-Ebene", ["H3RAU56A8E"])["H3RAU56A8E"]
     assert [r.number for r in rows] == [0, 1, 2, 3, 4]
 
@@ -175,7 +177,7 @@ def luhn(body: str) -> str:
 def test_invalid_requests_fail_as_a_whole(client, body: dict, status: int, code: str) -> None:
     answer = call(client, "pseudonymizeAllowCreate", body, status)
     assert issue(answer)["code"] == code and issue(answer)["severity"] == "error"
-    with client.app.state.gateway.repository.transaction() as tx:
+    with transaction(client.app.gateway.repository) as tx:
         assert tx.count_pseudonyms(MIRACUM) == 2  # nothing was written
 
 
@@ -204,9 +206,9 @@ def test_a_full_domain_fails_without_writing_half_a_batch(demo_config) -> None:
     with client_for(config) as client:
         body = params(("target", "TINY"), *[("original", f"o{i}") for i in range(11)])
         answer = call(client, "pseudonymizeAllowCreate", body, 500)
-        assert "no free pseudonyms" in issue(answer)["diagnostics"]
+        assert "no new pseudonym could be drawn" in issue(answer)["diagnostics"]
         assert "o1" not in issue(answer)["diagnostics"]
-        with client.app.state.gateway.repository.transaction() as tx:
+        with transaction(client.app.gateway.repository) as tx:
             assert tx.count_pseudonyms("TINY") == 0
         # Half of the domain is quickly found free.
         answer = call(client, "pseudonymizeAllowCreate", params(("target", "TINY"),

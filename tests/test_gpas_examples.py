@@ -16,6 +16,8 @@ import pytest
 from conftest import GPAS
 from fhirshape import SPEC, example, match
 from ttp_gateway.core.xmlcodec import parse_xml, to_xml
+from stores import transaction
+from ttp_gateway.plugins.gpas.api import GPAS as GPAS_API
 
 JSON = "application/fhir+json"
 XML = "application/fhir+xml"
@@ -23,13 +25,13 @@ XML = "application/fhir+xml"
 
 def forget_033(repository) -> None:
     """The state of the delete and anonymise examples: 1001000000033 is not in MIRACUM."""
-    with repository.transaction(write=True) as tx:
+    with transaction(repository, write=True) as tx:
         tx.delete_originals("MIRACUM", ["1001000000033"])
 
 
 def forget_022(repository) -> None:
     """A MIRACUM without 1001000000022, so that importing its pair creates it anew."""
-    with repository.transaction(write=True) as tx:
+    with transaction(repository, write=True) as tx:
         tx.delete_originals("MIRACUM", ["1001000000022"])
 
 
@@ -115,7 +117,7 @@ def post(client, operation: str, resource: dict, fmt: str) -> tuple[int, dict]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_example_replays(client, case: Case, fmt: str) -> None:
     if case.prepare:
-        case.prepare(client.app.state.gateway.repository)
+        case.prepare(client.app.gateway.repository)
     status, answer = post(client, case.operation, case.request, fmt)
     assert status == 200, answer
     match(answer, case.response, values=True, volatile=case.volatile)
@@ -131,8 +133,8 @@ def test_every_gpas_request_example_is_replayed() -> None:
 
 
 def test_created_pseudonyms_follow_the_domain_rules(client) -> None:
-    gateway = client.app.state.gateway
-    domain = gateway.service("gpas").domain("Datensatz-Ebene")
+    gateway = client.app.gateway
+    domain = gateway.service(GPAS_API).domain("Datensatz-Ebene")
     status, answer = post(client, "pseudonymize-secondary",
                           example("gpas", "Parameters-Parameters-PseudonymizeSecondary-request-example-1"), JSON)
     values = [p["valueIdentifier"]["value"] for param in answer["parameter"] for p in param["part"]
@@ -150,7 +152,7 @@ def _seed_body(seed: str, root: str, occurrence: int) -> bytes:
 
 def test_seed_004_delete_request_in_xml(client) -> None:
     """The seed page's own XML request body, sent as it stands, answers its XML response."""
-    forget_033(client.app.state.gateway.repository)
+    forget_033(client.app.gateway.repository)
     seed = next(p.name for p in (SPEC / "seeds").glob("004_*.txt"))
     response = client.post(f"{GPAS}/$deletePseudonyms", content=_seed_body(seed, "Parameters", 0),
                            headers={"Content-Type": "application/fhir+xml; charset=utf-8", "Accept": XML})

@@ -24,13 +24,19 @@ def test_the_example_plugin_is_installed_through_its_entry_point() -> None:
 def test_third_party_operation_works_end_to_end(client) -> None:
     answer = client.post(f"{GPAS}/$countPseudonyms", json=COUNT).json()
     assert answer == {"resourceType": "Parameters", "parameter": [{"name": "count", "valueInteger": 2}]}
+    # The plugin's own store (a table or collection of its own, on every backend) kept the count.
+    create = {"resourceType": "Parameters", "parameter": [{"name": "target", "valueString": "MIRACUM"},
+                                                          {"name": "original", "valueString": "third"}]}
+    assert client.post(f"{GPAS}/$pseudonymizeAllowCreate", json=create).status_code == 200
+    answer = client.post(f"{GPAS}/$countPseudonyms", json=COUNT).json()
+    assert answer["parameter"] == [{"name": "count", "valueInteger": 3}, {"name": "previous", "valueInteger": 2}]
     # Its declaration gives it validation, metadata and an OperationDefinition.
     assert client.post(f"{GPAS}/$countPseudonyms", json={"resourceType": "Parameters"}).status_code == 400
     names = {op["name"] for op in client.get(f"{GPAS}/metadata").json()["rest"][0]["operation"]}
     assert "countPseudonyms" in names
     definition = client.get(f"{GPAS}/OperationDefinition/CountPseudonyms").json()
     assert [(p["name"], p["use"], p["type"]) for p in definition["parameter"]] == [
-        ("target", "in", "string"), ("count", "out", "integer")]
+        ("target", "in", "string"), ("count", "out", "integer"), ("previous", "out", "integer")]
 
 
 def test_third_party_operation_is_scoped_like_built_ins(demo_config) -> None:

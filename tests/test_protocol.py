@@ -8,6 +8,7 @@ import pytest
 from conftest import GPAS, client_for
 from fhirshape import SPEC
 from ttp_gateway.core.xmlcodec import parse_xml, to_xml
+from stores import transaction
 
 LOOKUP = {"resourceType": "Parameters", "parameter": [
     {"name": "target", "valueString": "MIRACUM"}, {"name": "original", "valueString": "1001000000022"}]}
@@ -72,7 +73,7 @@ def test_unsupported_content_type_is_415(client) -> None:
 
 
 def test_body_over_the_limit_is_413(demo_config) -> None:
-    config = demo_config.with_overrides(server={"max_body_bytes": 2048})
+    config = demo_config.with_overrides(limits={"max_body_bytes": 2048})
     with client_for(config) as client:
         big = {"resourceType": "Parameters", "parameter": [{"name": "target", "valueString": "MIRACUM"}] + [
             {"name": "original", "valueString": f"{i:020d}"} for i in range(100)]}
@@ -88,7 +89,7 @@ def test_body_over_the_limit_is_413(demo_config) -> None:
         response = client.post(f"{GPAS}/$pseudonymizeAllowCreate", content=chunks(),
                                headers={"Content-Type": "application/fhir+json"})
         assert response.status_code == 413
-        with client.app.state.gateway.repository.transaction() as tx:
+        with transaction(client.app.gateway.repository) as tx:
             assert tx.count_pseudonyms("MIRACUM") == 2
 
 
@@ -148,13 +149,13 @@ def test_health_readiness_and_metrics(client) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     client.post(f"{GPAS}/$pseudonymize", json=LOOKUP)
     metrics = client.get("/metrics").text
-    assert 'ttp_requests_total{endpoint="gpas",operation="pseudonymize",status="200"} 1' in metrics
+    assert 'ttp_requests_total{endpoint="gpas",operation="pseudonymize",status="2xx"} 1.0' in metrics
     assert "ttp_request_seconds_bucket" in metrics
 
 
 def test_readiness_fails_when_storage_is_gone(client) -> None:
-    client.app.state.gateway.repository.close()
-    gateway = client.app.state.gateway
+    client.app.gateway.repository.close()
+    gateway = client.app.gateway
     broken = type("Broken", (), {"ping": lambda self: (_ for _ in ()).throw(RuntimeError("down")),
                                  "close": lambda self: None})()
     gateway.repository = broken

@@ -1,5 +1,8 @@
-"""MongoDB storage (pymongo), and mongomock:// for an in-memory store in tests and demos."""
+"""MongoDB storage, with multi-document transactions (a replica set, one node is enough).
 
-from .repository import MongoRepository
+A plugin's MongoDB store is a `MongoStore` (its collections' indexes and a factory), working
+through a `MongoSession` whose collections are bound to the unit's transaction."""
 
-__all__ = ["MongoRepository"]
+from .repository import BoundCollection, MongoIndex, MongoRepository, MongoSession, MongoStore
+
+__all__ = ["BoundCollection", "MongoIndex", "MongoRepository", "MongoSession", "MongoStore"]

@@ -5,6 +5,7 @@ compares identifying data once and deletes them. Configuration:
 
     [dispatcher]
     identifier_secret = "..."        # key of the hashes $pseudonymizePatient keeps of identifiers
+    idat_key = "..."                 # 32 bytes, base64: seals identifying data while a clearing runs
 
     [[dispatcher.studies]]
     name = "mii"
@@ -30,54 +31,68 @@ import logging
 from datetime import timezone
 from typing import Any
 
+from ttp_gateway.backends.base import StoreRegistry, UnitOfWork
+from ttp_gateway.core.auth import ScopeKinds
 from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
+from ttp_gateway.plugins.gpas.api import GPAS
 
+from .api import DISPATCHER
 from .linkage import Linker
 from .operations import DispatcherOperations, query
 from .patients import PatientLinker
+from .sealing import IdatDigest, IdatSeal, parse_key
+from .store import LINKAGE, definition
 from .studies import Study, StudyRegistry
 
 log = logging.getLogger("ttp_gateway.dispatcher")
-SERVICE = "dispatcher"
 
 
-class _LazyPseudonymizer:
-    """The gPAS plugin's pseudonymizer, looked up when first used: plugins build their
-    operations in no particular order."""
+@hookimpl
+def ttp_requires() -> list[str]:
+    return ["gpas"]
 
-    def __init__(self, gateway) -> None:
-        self._gateway = gateway
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._gateway.service("gpas"), name)
+@hookimpl
+def ttp_scope_kinds(kinds: ScopeKinds) -> None:
+    kinds.add("studies", "linkage studies (dispatcher)")
+
+
+@hookimpl
+def ttp_stores(stores: StoreRegistry) -> None:
+    stores.add(definition())
+
+
+@hookimpl
+def ttp_setup(gateway) -> None:
+    section = gateway.config.section("dispatcher")
+    studies = StudyRegistry(gateway.repository)
+    idat_key = parse_key(str(section["idat_key"])) if section.get("idat_key") else None
+    # Without a key no clearing can keep IDAT (check-config insists on one when studies exist).
+    linker = Linker(gateway.repository, gateway.service(GPAS), IdatSeal(idat_key) if idat_key else None)
+    secret = str(section.get("identifier_secret", "")).encode()
+    operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret),
+                                      IdatDigest(idat_key or secret))
+    gateway.provide(DISPATCHER, operations)
 
 
 @hookimpl
 def ttp_operations(gateway) -> list:
-    studies = StudyRegistry(gateway.repository)
-    linker = Linker(gateway.repository, _LazyPseudonymizer(gateway))  # type: ignore[arg-type]
-    secret = str(gateway.config.section("dispatcher").get("identifier_secret", "")).encode()
-    operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret))
-    gateway.services[SERVICE] = operations
-    return operations.declarations()
+    return gateway.service(DISPATCHER).declarations()
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def ttp_startup(gateway) -> None:
-    """After the gPAS plugin has put its domains in place: studies, their domains, demo data."""
-    operations: DispatcherOperations = gateway.service(SERVICE)
+    """Studies, their domains, demo data; then every study's filters into memory."""
+    operations = gateway.service(DISPATCHER)
     section = gateway.config.section("dispatcher")
-    pseudonymizer = gateway.service("gpas")
+    pseudonymizer = gateway.service(GPAS)
     defaults = section.get("domain_defaults", {})
     for settings in section.get("studies", []):
         study = Study.from_settings(settings["name"], settings)
         operations.studies.put(study)
         for domain in study.domains:
-            if pseudonymizer.domains.get(domain) is None:
-                from ttp_gateway.plugins.gpas.domains import Domain
-
-                pseudonymizer.domains.put(Domain.from_settings(domain, {"prefix": f"{domain}_", **defaults}))
+            pseudonymizer.ensure_domain(domain, {"prefix": f"{domain}_", **defaults})
     for person in section.get("persons", []):
         _seed_person(gateway, operations, person)
     for clearing in section.get("clearings", []):
@@ -85,8 +100,7 @@ def ttp_startup(gateway) -> None:
     # Load every study's filters now rather than in the first request of each.
     for study in operations.studies.all():
         for version in study.versions:
-            with gateway.repository.transaction() as tx:
-                operations.linker.indexes.synced(tx, study, version)
+            operations.linker.indexes.synced(study, version)
 
 
 @hookimpl
@@ -105,6 +119,14 @@ def ttp_check_config(config: Config) -> list[str]:
             problems.append(f"[[dispatcher.studies]] {error}")
     if studies and not section.get("identifier_secret"):
         problems.append("[dispatcher] identifier_secret is required when studies are configured")
+    if studies and not section.get("idat_key"):
+        problems.append("[dispatcher] idat_key is required when studies are configured: identifying data "
+                        "of a clearing are kept sealed under it (e.g. `openssl rand -base64 32`)")
+    elif section.get("idat_key"):
+        try:
+            parse_key(str(section["idat_key"]))
+        except ValueError as error:
+            problems.append(f"[dispatcher] {error}")
     for kind in ("persons", "clearings"):
         for index, seed in enumerate(section.get(kind, [])):
             study = studies.get(seed.get("study")) if isinstance(seed, dict) else None
@@ -122,45 +144,54 @@ def ttp_cli_commands(subparsers: Any) -> None:
 
 @hookimpl
 def ttp_readiness(gateway) -> dict[str, Any] | None:
-    operations: DispatcherOperations | None = gateway.services.get(SERVICE)
+    operations = gateway.services.get(DISPATCHER.name)
     return {"bloom_filter_indexes": operations.linker.indexes.loaded()} if operations else None
 
 
 def _seed_person(gateway, operations: DispatcherOperations, seed: dict) -> None:
     """A configured person with its pseudonyms and filters, unless its first pseudonym is known."""
     study = operations.study(seed["study"])
-    pseudonymizer = gateway.service("gpas")
+    pseudonymizer = gateway.service(GPAS)
     pseudonyms: dict[str, str] = seed.get("pseudonyms", {})
-    with gateway.repository.transaction(write=True) as tx:
-        tx.lock_study(study.name)  # workers start together: one seeds, the others find it done
+
+    def seed_person(unit: UnitOfWork) -> None:
+        store = unit[LINKAGE]
+        store.lock_study(study.name)  # workers start together: one seeds, the others find it done
         first_domain, first_pseudonym = next(iter(pseudonyms.items()))
-        if study.person_of(tx.get_originals(first_domain, [first_pseudonym]).get(first_pseudonym)) is not None:
+        owner = pseudonymizer.originals(unit, pseudonymizer.domain(first_domain), [first_pseudonym])
+        if study.person_of(owner.get(first_pseudonym)) is not None:
             return
-        person = tx.create_persons(study.name, 1)[0]
+        person = store.create_persons(study.name, 1)[0]
         for domain, pseudonym in pseudonyms.items():
-            pseudonymizer.insert_pairs(tx, pseudonymizer.domain(domain), [(study.person_key(person), pseudonym)])
+            pseudonymizer.insert_pairs(unit, pseudonymizer.domain(domain), [(study.person_key(person), pseudonym)])
         filters = []
         for entry in seed.get("bloomfilters", []):
             found = query(study, entry["bloomfilter"], entry.get("version"))
             if found.error is None:
                 filters.append((person, entry["site"], found.version, found.bloom_filter))
-        tx.add_bloom_filters(study.name, filters)
+        store.add_bloom_filters(study.name, filters)
+
+    gateway.repository.write(seed_person)
 
 
 def _seed_clearing(gateway, operations: DispatcherOperations, seed: dict) -> None:
     """A pending clearing whose requesting site's task has a configured id, unless it exists."""
     study = operations.study(seed["study"])
     now = gateway.clock().astimezone(timezone.utc)
-    with gateway.repository.transaction(write=True) as tx:
-        tx.lock_study(study.name)
-        if tx.get_task(seed["task_id"]) is not None:
+    pseudonymizer = gateway.service(GPAS)
+
+    def seed_clearing(unit: UnitOfWork) -> None:
+        store = unit[LINKAGE]
+        store.lock_study(study.name)
+        if store.get_task(seed["task_id"]) is not None:
             return
         holder, pseudonym = seed["candidate_site"], seed["candidate"]
-        person = study.person_of(tx.get_originals(holder, [pseudonym]).get(pseudonym))
+        owner = pseudonymizer.originals(unit, pseudonymizer.domain(holder), [pseudonym])
+        person = study.person_of(owner.get(pseudonym))
         if person is None:
             log.warning("configured clearing names an unknown candidate", extra={"study": study.name})
             return
-        operations.linker.open_clearing(tx, study, seed["site"], query(study, seed["bloomfilter"]),
+        operations.linker.open_clearing(unit, study, seed["site"], query(study, seed["bloomfilter"]),
                                         [(person, 0.0, holder)], now, requester_task=seed["task_id"])
 
-
+    gateway.repository.write(seed_clearing)

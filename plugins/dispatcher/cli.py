@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ttp_gateway.plugins.gpas.api import GPAS
+
+from .api import DISPATCHER
 from .studies import DEFAULT_ELEMENTS, Study
 
 
@@ -26,7 +29,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def list_studies(args: argparse.Namespace, gateway) -> int:
-    for study in gateway.service("dispatcher").studies.all():
+    for study in gateway.service(DISPATCHER).studies.all():
         versions = ", ".join(f"{v.name}:{v.length}" for v in study.versions.values())
         print(f"{study.name:<16} sites={','.join(study.sites)} projects={','.join(study.projects) or '-'} "
               f"versions={versions} thresholds={study.possible_match_threshold}/{study.match_threshold}")
@@ -34,7 +37,7 @@ def list_studies(args: argparse.Namespace, gateway) -> int:
 
 
 def create_study(args: argparse.Namespace, gateway) -> int:
-    registry = gateway.service("dispatcher").studies
+    registry = gateway.service(DISPATCHER).studies
     if registry.get(args.name) is not None:
         print(f"error: study {args.name!r} exists already", file=sys.stderr)
         return 1
@@ -46,12 +49,9 @@ def create_study(args: argparse.Namespace, gateway) -> int:
         "sites": args.sites, "projects": args.projects, "versions": versions,
         "match_threshold": args.match_threshold, "possible_match_threshold": args.possible_match_threshold,
         "task_ttl_hours": args.task_ttl_hours, "idat_elements": args.idat_elements})
-    pseudonymizer = gateway.service("gpas")
-    from ttp_gateway.plugins.gpas.domains import Domain
-
+    pseudonymizer = gateway.service(GPAS)
     for domain in study.domains:
-        if pseudonymizer.domains.get(domain) is None:
-            pseudonymizer.domains.put(Domain.from_settings(domain, {"prefix": f"{domain}_"}))
+        pseudonymizer.ensure_domain(domain, {"prefix": f"{domain}_"})
     registry.put(study)
     print(f"created study {args.name!r}")
     return 0

@@ -29,15 +29,21 @@ Privacy: IDAT are patient data. Nothing in this module logs, no exception messag
 input values, are never passed on or chained, and `Idat.__repr__` shows which elements are
 present, not what they hold.
 
-The comparison (`compare`) is a small set of explicit rules, listed there; thresholds are the
-named constants below.
+The comparison (`compare`) is a Fellegi–Sunter model: each field's agreement level (equal, a
+typing error, a given name left out, day and month exchanged, ...) adds its log-likelihood weight
+log2(m/u), and two thresholds on the sum decide. Every m- and u-probability is a named table below,
+with its source or assumption; a `Comparison` carries the levels and the weight, never a value, so
+the audit of a clearing can say which fields agreed (`explain`).
 """
 
 from __future__ import annotations
 
+import calendar
+import functools
+import math
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -46,6 +52,7 @@ from typing import Any
 
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
+from rapidfuzz.distance import OSA, JaroWinkler
 
 from ttp_gateway.core.errors import Unprocessable
 
@@ -347,7 +354,7 @@ def _element_of(loc: tuple, patient: dict) -> str:
     return "Patient"  # e.g. an unknown key: its name was chosen by the sender, so it is not echoed
 
 
-# --- normalisation and string similarity ----------------------------------------------------------
+# --- normalisation -------------------------------------------------------------------------------
 
 # Letters that NFKD does not decompose into a base letter plus marks.
 _TRANSLITERATION = str.maketrans({
@@ -405,159 +412,48 @@ def normalise_name(text: str | None) -> str:
     return ascii_only.strip()
 
 
-def jaro(a: str, b: str) -> float:
-    """Jaro similarity (M. A. Jaro, 1989) in [0, 1]."""
-    if a == b:
-        return 1.0
-    if not a or not b:
-        return 0.0
-    window = max(0, max(len(a), len(b)) // 2 - 1)
-    matched_b = [False] * len(b)
-    a_matches: list[str] = []
-    for i, ch in enumerate(a):
-        for j in range(max(0, i - window), min(len(b), i + window + 1)):
-            if not matched_b[j] and b[j] == ch:
-                matched_b[j] = True
-                a_matches.append(ch)
-                break
-    m = len(a_matches)
-    if m == 0:
-        return 0.0
-    b_matches = [b[j] for j in range(len(b)) if matched_b[j]]
-    transpositions = sum(x != y for x, y in zip(a_matches, b_matches)) / 2
-    return (m / len(a) + m / len(b) + (m - transpositions) / m) / 3
+
+_UMLAUT_VOWELS = str.maketrans({"ä": "a", "ö": "o", "ü": "u", "Ä": "A", "Ö": "O", "Ü": "U"})
 
 
-def jaro_winkler(a: str, b: str, *, prefix_scale: float = 0.1, max_prefix: int = 4) -> float:
-    """Jaro–Winkler similarity (W. E. Winkler, 1990): Jaro raised for a common prefix (up to 4)."""
-    similarity = jaro(a, b)
-    prefix = 0
-    for x, y in zip(a[:max_prefix], b[:max_prefix]):
-        if x != y:
-            break
-        prefix += 1
-    return similarity + prefix * prefix_scale * (1 - similarity)
+def name_forms(*texts: str | None) -> tuple[tuple[str, ...], ...]:
+    """The token lists a name is compared in: umlauts spelled out (Müller -> mueller), and, for a
+    name with umlauts, also with their dots dropped (Müller -> muller), as systems without umlauts
+    store them. Mueller and Muller are not made equal: neither tells which letter was meant."""
+    present = [unicodedata.normalize("NFC", text) for text in texts if text]
+    spelled = tuple(token for text in present for token in normalise_name(text).split())
+    dotless = tuple(token for text in present for token in normalise_name(text.translate(_UMLAUT_VOWELS)).split())
+    return (spelled,) if dotless == spelled else (spelled, dotless)
 
 
-def edit_distance(a: str, b: str, limit: int | None = None) -> int:
-    """Damerau–Levenshtein distance (optimal string alignment): the edits typing errors make.
+# --- agreement levels -----------------------------------------------------------------------------
 
-    With `limit`, any distance above it is reported as limit + 1 (and found out early).
-    """
-    if a == b:
-        return 0
-    cap = max(len(a), len(b)) if limit is None else limit
-    if abs(len(a) - len(b)) > cap:
-        return cap + 1
-    previous2: list[int] = []
-    previous = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        current = [i] + [0] * len(b)
-        for j in range(1, len(b) + 1):
-            cost = a[i - 1] != b[j - 1]
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                current[j] = min(current[j], previous2[j - 2] + 1)
-        if min(current) > cap and min(previous) > cap:
-            return cap + 1  # every later row builds on these two
-        previous2, previous = previous, current
-    return min(previous[len(b)], cap + 1)
+class Level(StrEnum):
+    """How the two values of one field relate; the codes the audit of a clearing shows."""
+
+    EQUAL = "equal"                          # identical after normalisation
+    PARTIAL = "partial"                      # names: one holds a part of the other (a given name left
+                                             # out, a double name)
+    TYPO = "typo"                            # names: the same up to typing errors
+    BIRTH_NAME = "birth-name"                # family names differ, but a birth name links them
+    SIMILAR = "similar"                      # birth places: one the other's leading part, or typing errors
+    DAY_MONTH_SWAPPED = "day-month-swapped"  # birth dates: day and month exchanged
+    ONE_DIGIT = "one-digit"                  # birth dates: one digit of day or month mistyped (or two
+                                             # neighbouring digits exchanged), same year
+    YEAR_ONE_DIGIT = "year-one-digit"        # birth dates: same day and month, one digit of the year
+    DIFFERENT = "different"
+    MISSING = "missing"                      # absent on at least one side: contributes nothing
 
 
-# --- comparison -----------------------------------------------------------------------------------
-
-# A name token (normalised) agrees with another if equal, or at most TYPO_MAX_EDITS typing errors
-# apart; long tokens (two records with a typo each) may be LONG_NAME_MAX_EDITS apart if their
-# Jaro–Winkler similarity also reaches NAME_SIMILARITY_THRESHOLD.
+# A name token agrees with another up to typing errors if at most TYPO_MAX_EDITS edits apart
+# (optimal string alignment: substitution, insertion, deletion, neighbours exchanged); long tokens
+# (a typo in each record) may be LONG_NAME_MAX_EDITS apart if their Jaro–Winkler similarity also
+# reaches LONG_NAME_MIN_SIMILARITY.
 TYPO_MAX_EDITS = 1
 TYPO_MIN_LENGTH = 3  # "Bo"/"Jo": in names this short one edit makes another name
 LONG_NAME_MIN_LENGTH = 8
 LONG_NAME_MAX_EDITS = 2
-NAME_SIMILARITY_THRESHOLD = 0.92
-
-# Weights of the informational score (the decision does not use it).
-SCORE_WEIGHTS = {"given": 0.3, "family": 0.3, "birth_date": 0.2, "sex": 0.1, "birth_place": 0.1}
-
-
-class Decision(StrEnum):
-    MATCH = "match"
-    NO_MATCH = "no-match"
-
-
-class Agreement(StrEnum):
-    """How two values of one element relate, after normalisation."""
-
-    EQUAL = "equal"          # identical
-    PARTIAL = "partial"      # one holds a part of the other (a given name left out, a double name)
-    SIMILAR = "similar"      # equal up to typing errors
-    DIFFERENT = "different"
-    MISSING = "missing"      # absent on at least one side
-
-    @property
-    def agrees(self) -> bool:
-        return self in (Agreement.EQUAL, Agreement.PARTIAL, Agreement.SIMILAR)
-
-
-class Rule(StrEnum):
-    """What the comparison observed; codes only, so they may be logged and returned."""
-
-    GIVEN_NAMES_MISSING = "given-names-missing"
-    FAMILY_NAME_MISSING = "family-name-missing"
-    BIRTH_DATE_MISSING = "birth-date-missing"
-    SEX_MISSING = "sex-missing"
-    SEX_EQUAL = "sex-equal"
-    SEX_DIFFERS = "sex-differs"
-    BIRTH_DATE_EQUAL = "birth-date-equal"
-    BIRTH_DATE_DAY_MONTH_SWAPPED = "birth-date-day-month-swapped"
-    BIRTH_DATE_SWAP_ACCEPTED = "birth-date-swap-accepted"
-    BIRTH_DATE_SWAP_REJECTED = "birth-date-swap-rejected"
-    BIRTH_DATE_DIFFERS = "birth-date-differs"
-    GIVEN_NAMES_EQUAL = "given-names-equal"
-    GIVEN_NAMES_PARTIAL = "given-names-partial"
-    GIVEN_NAMES_SIMILAR = "given-names-similar"
-    GIVEN_NAMES_DIFFER = "given-names-differ"
-    FAMILY_NAME_EQUAL = "family-name-equal"
-    FAMILY_NAME_PARTIAL = "family-name-partial"
-    FAMILY_NAME_SIMILAR = "family-name-similar"
-    FAMILY_NAME_DIFFERS = "family-name-differs"
-    BIRTH_NAME_LINKS_FAMILY_NAMES = "birth-name-links-family-names"
-    BIRTH_PLACE_AGREES = "birth-place-agrees"
-    BIRTH_PLACE_DIFFERS = "birth-place-differs"
-    BIRTH_PLACE_NOT_COMPARED = "birth-place-not-compared"
-    FAMILY_NAME_CHANGE_ACCEPTED = "family-name-change-accepted"
-    FAMILY_NAME_CHANGE_REJECTED = "family-name-change-rejected"
-    TWIN_SUSPECTED = "twin-suspected"
-    NAMESAKE_SUSPECTED = "namesake-suspected"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The clearing's verdict on two records; holds codes and numbers only, no IDAT."""
-
-    decision: Decision
-    score: float
-    rules: tuple[Rule, ...]
-
-    @property
-    def is_match(self) -> bool:
-        return self.decision is Decision.MATCH
-
-
-def _tokens(text: str | None) -> list[str]:
-    return normalise_name(text).split()
-
-
-def _given_tokens(idat: Idat) -> list[str]:
-    return [token for given in idat.given_names for token in _tokens(given)]
-
-
-_SPELLED_UMLAUTS = re.compile(r"(?<=[aou])e")
-
-
-def _skeleton(token: str) -> str:
-    """A normalised token with spelled umlauts reduced to the vowel (mueller -> muller), because
-    one mistyped key (Felix -> Feöix) becomes two letters once the umlaut is spelled out."""
-    return _SPELLED_UMLAUTS.sub("", token)
+LONG_NAME_MIN_SIMILARITY = 0.92  # Maximilian/Maximlain 0.96 agree; Christian/Christoph 0.87 do not
 
 
 def tokens_agree(a: str, b: str) -> bool:
@@ -566,36 +462,30 @@ def tokens_agree(a: str, b: str) -> bool:
         return True
     if max(len(a), len(b)) < TYPO_MIN_LENGTH:
         return False
-    distance = edit_distance(a, b, LONG_NAME_MAX_EDITS)
-    if distance > TYPO_MAX_EDITS:
-        distance = min(distance, edit_distance(_skeleton(a), _skeleton(b), LONG_NAME_MAX_EDITS))
+    distance = OSA.distance(a, b, score_cutoff=LONG_NAME_MAX_EDITS)
     if distance <= TYPO_MAX_EDITS:
         return True
     return (min(len(a), len(b)) >= LONG_NAME_MIN_LENGTH and distance <= LONG_NAME_MAX_EDITS
-            and jaro_winkler(a, b) >= NAME_SIMILARITY_THRESHOLD)
+            and JaroWinkler.similarity(a, b) >= LONG_NAME_MIN_SIMILARITY)
 
 
-def _all_placed(shorter: list[str], longer: list[str], agree) -> bool:
+def _all_placed(shorter: Sequence[str], longer: Sequence[str], agree: Callable[[str, str], bool]) -> bool:
     """Every token of `shorter` agrees with its own token of `longer` (tiny lists: backtracking)."""
     if not shorter:
         return True
     head, rest = shorter[0], shorter[1:]
-    return any(agree(head, candidate) and _all_placed(rest, longer[:i] + longer[i + 1:], agree)
+    return any(agree(head, candidate) and _all_placed(rest, [*longer[:i], *longer[i + 1:]], agree)
                for i, candidate in enumerate(longer))
 
 
-def name_agreement(a: list[str], b: list[str], *, initials: bool = False) -> Agreement:
-    """How two names, as lists of normalised tokens, relate.
+_NAME_ORDER = (Level.EQUAL, Level.PARTIAL, Level.TYPO, Level.DIFFERENT, Level.MISSING)
 
-    EQUAL: same tokens (in any order) or same letters once spaces are dropped ("Annalena").
-    PARTIAL: every token of the shorter name is a token of the longer ("Anna" / "Anna Lena").
-    SIMILAR: the same up to typing errors, token by token or as a whole.
-    With `initials`, a single letter stands for any token it begins ("Hans P." / "Hans Peter").
-    """
+
+def _token_level(a: Sequence[str], b: Sequence[str], initials: bool) -> Level:
     if not a or not b:
-        return Agreement.MISSING
+        return Level.MISSING
     if sorted(a) == sorted(b) or "".join(a) == "".join(b):
-        return Agreement.EQUAL
+        return Level.EQUAL
     shorter, longer = sorted((a, b), key=len)
 
     def exact(x: str, y: str) -> bool:
@@ -605,154 +495,369 @@ def name_agreement(a: list[str], b: list[str], *, initials: bool = False) -> Agr
         return exact(x, y) or tokens_agree(x, y)
 
     if _all_placed(shorter, longer, exact):
-        return Agreement.PARTIAL
+        return Level.PARTIAL
     if _all_placed(shorter, longer, tolerant) or tokens_agree("".join(a), "".join(b)):
-        return Agreement.SIMILAR
-    return Agreement.DIFFERENT
+        return Level.TYPO
+    return Level.DIFFERENT
 
 
-def place_agreement(a: str | None, b: str | None) -> Agreement:
-    """Birth places agree if equal, equal up to typos, or one is the other's leading part
-    ("Frankfurt" / "Frankfurt am Main", "Halle" / "Halle (Saale)")."""
-    ta, tb = _tokens(a), _tokens(b)
-    if not ta or not tb:
-        return Agreement.MISSING
-    if ta == tb:
-        return Agreement.EQUAL
-    shorter, longer = sorted((ta, tb), key=len)
-    if longer[:len(shorter)] == shorter:
-        return Agreement.PARTIAL
-    if tokens_agree("".join(ta), "".join(tb)):
-        return Agreement.SIMILAR
-    return Agreement.DIFFERENT
+def name_level(a: Sequence[str | None], b: Sequence[str | None], *, initials: bool = False) -> Level:
+    """How two names (their parts as sent, e.g. the given names) relate.
+
+    EQUAL: the same tokens in any order, or the same letters once spaces are dropped ("Annalena").
+    PARTIAL: every token of the shorter name is a token of the longer ("Anna" / "Anna Lena").
+    TYPO: the same up to typing errors (`tokens_agree`), token by token or as a whole.
+    With `initials`, a single letter stands for any token it begins ("Hans P." / "Hans Peter").
+    The best level over the spellings of `name_forms` counts (Müller = Mueller, Müller = Muller).
+    """
+    return min((_token_level(x, y, initials) for x in name_forms(*a) for y in name_forms(*b)),
+               key=_NAME_ORDER.index)
 
 
-def _day_month_swapped(a: date, b: date) -> bool:
-    return a.year == b.year and a.day == b.month and a.month == b.day and a.day != a.month
+def family_level(a: Idat, b: Idat) -> Level:
+    """Family names as `name_level` relates them; where they differ, BIRTH_NAME if a birth name
+    links them (one's birth name agrees with the other's family name, or the birth names agree):
+    a family name changed by marriage or divorce."""
+    level = name_level([a.family_name], [b.family_name])
+    if level is not Level.DIFFERENT:
+        return level
+    links = ((a.birth_name, b.family_name), (a.family_name, b.birth_name), (a.birth_name, b.birth_name))
+    if any(x and y and name_level([x], [y]) in (Level.EQUAL, Level.PARTIAL, Level.TYPO) for x, y in links):
+        return Level.BIRTH_NAME
+    return Level.DIFFERENT
 
 
-def _similarity(a: list[str], b: list[str]) -> float:
-    """Jaro–Winkler of token lists: the better of whole-name and best token-by-token pairing
-    (averaged over the tokens of the shorter list; symmetric)."""
-    if not a or not b:
+def place_level(a: str | None, b: str | None) -> Level:
+    """Birth places: EQUAL, or SIMILAR where one is the other's leading part ("Frankfurt" /
+    "Frankfurt am Main", "Halle" / "Halle (Saale)") or they differ by typing errors."""
+    best = Level.MISSING
+    for x in name_forms(a):
+        for y in name_forms(b):
+            if not x or not y:
+                continue
+            shorter, longer = sorted((x, y), key=len)
+            if x == y:
+                return Level.EQUAL
+            if tuple(longer[:len(shorter)]) == tuple(shorter) or tokens_agree("".join(x), "".join(y)):
+                best = Level.SIMILAR
+            elif best is Level.MISSING:
+                best = Level.DIFFERENT
+    return best
+
+
+def birth_date_level(a: date | None, b: date | None) -> Level:
+    """Birth dates: EQUAL; DAY_MONTH_SWAPPED (03.12. / 12.03., same year); ONE_DIGIT (same year,
+    day and month one typing error apart in their four digits: 12.04. / 13.04., 12.04. / 21.04.);
+    YEAR_ONE_DIGIT (same day and month, the year one typing error apart: 1980 / 1989, 1980 / 1908);
+    DIFFERENT otherwise."""
+    if a is None or b is None:
+        return Level.MISSING
+    if a == b:
+        return Level.EQUAL
+    if a.year == b.year and (a.day, a.month) == (b.month, b.day):
+        return Level.DAY_MONTH_SWAPPED
+    if a.year == b.year and OSA.distance(f"{a.day:02d}{a.month:02d}", f"{b.day:02d}{b.month:02d}") == 1:
+        return Level.ONE_DIGIT
+    if (a.month, a.day) == (b.month, b.day) and OSA.distance(f"{a.year:04d}", f"{b.year:04d}") == 1:
+        return Level.YEAR_ONE_DIGIT
+    return Level.DIFFERENT
+
+
+def sex_level(a: str | None, b: str | None) -> Level:
+    """Administrative gender codes; "unknown" says nothing and counts as missing."""
+    if not a or not b or "unknown" in (a, b):
+        return Level.MISSING
+    return Level.EQUAL if a == b else Level.DIFFERENT
+
+
+# --- the Fellegi–Sunter model ---------------------------------------------------------------------
+#
+# Each field's level is scored with its log-likelihood ratio log2(m / u), m = P(level | same person),
+# u = P(level | different persons), and the field weights are summed (Fellegi & Sunter 1969). The
+# m-probabilities are assumed error rates of the records' data entry; the u-probabilities say how
+# often different people's values coincide at that level. Every number is stated with its source or
+# the assumption it rests on; the tests recompute the derived ones and hold the decisions to the
+# cases a data steward decides (tests/test_idat.py).
+#
+# One dependence is modelled, because plain Fellegi–Sunter (fields independent) would link twins: a
+# different person in a clearing who shares the family name is typically a sibling, found by the
+# Bloom filter because relatives share most IDAT, and siblings share the birth place often and, as
+# twins, the birth date. So the u-probabilities of birth date and birth place depend on the family
+# name's level: among people with the same family name they are mixed from those of siblings and of
+# strangers (SIBLING_SHARE), otherwise they are those of strangers. The given names, which tell twins
+# apart, must then carry the decision: with the given names missing, all other fields agreeing stay
+# below the match threshold. Where this makes a worse family-name level weigh more (a typo makes the
+# others strangers' and their agreement stronger), `compare` caps the sum at the family names' EQUAL.
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    """m = P(level | same person), u = P(level | different persons)."""
+
+    m: float
+    u: float
+
+    @property
+    def weight(self) -> float:
+        """The level's evidence for "same person", in bits: log2(m / u)."""
+        return math.log2(self.m / self.u)
+
+
+def _table(levels: dict[Level, tuple[float, float | None]]) -> dict[Level, Probabilities]:
+    """Probabilities per level; the one u given as None is the rest, so each u sums to 1."""
+    rest = 1.0 - sum(u for _, u in levels.values() if u is not None)
+    return {level: Probabilities(m, rest if u is None else u) for level, (m, u) in levels.items()}
+
+
+GIVEN_NAMES = _table({
+    # m: sites take names from the health insurance card (assumed); a further given name left out at one site
+    # (about a third of people have two or more, and records drop one in about 15 % of cases),
+    # typing errors in about 3 % of records (registries report 1–5 %), two records to a pair.
+    # Given names that share no name and are beyond typing errors (a call name instead of the official
+    # one, given and family name exchanged) are assumed rare: 1 pair in 2,000.
+    # u: different people share their given names about 1 in 300 (assumed from German name statistics:
+    # a cohort's most common names are each borne by 1–3 % of one sex, the study mixes sexes and
+    # cohorts); one's given names a part of the other's, or one typing error apart (Jan/Jana,
+    # Lena/Lea, Paul/Paula), assumed about as often.
+    Level.EQUAL: (0.89, 0.003),
+    Level.PARTIAL: (0.05, 0.002),
+    Level.TYPO: (0.0595, 0.003),
+    Level.DIFFERENT: (0.0005, None),
+})
+
+FAMILY_NAME = _table({
+    # m: typing errors in about 2 % of records; the family name changed between the records
+    # (marriage, divorce) in about 5 % of pairs, mostly linked by a birth name that one site records
+    # (the clearing asks for "maidenname"), a double name formed or dropped in 1 %.
+    # u: different people share a family name about 1 in 500 (assumption: the most common German
+    # family name is borne by under 1 % of people, the sum of squared name shares is of the order of
+    # 0.1 %; rounded up because names cluster in a study's region); names one typing error apart are
+    # more common still (Maier/Meier/Mayer/Meyer, Schmidt/Schmitt); a birth name equal to the other's
+    # family name needs a recorded birth name (about a fifth of people) besides the coincidence.
+    Level.EQUAL: (0.90, 0.002),
+    Level.PARTIAL: (0.01, 0.0002),
+    Level.TYPO: (0.04, 0.003),
+    Level.BIRTH_NAME: (0.044, 0.0005),
+    Level.DIFFERENT: (0.006, None),
+})
+
+SEX = _table({
+    # m: the sex recorded differently for one person (a data-entry error, a changed gender entry),
+    # assumed 1 pair in 500. u: two people are of the same sex about half the time.
+    Level.EQUAL: (0.998, 0.5),
+    Level.DIFFERENT: (0.002, None),
+})
+
+# Birth dates. m: a typing error in the date in about 1 % of records (day or month as often as the
+# year), day and month exchanged in about 1 % of the records where that is possible (day <= 12, a
+# third of dates), a wholly other date (a wrong record, a placeholder) in 0.5 %; two records to a pair.
+BIRTH_DATE_M = {Level.EQUAL: 0.965, Level.DAY_MONTH_SWAPPED: 0.007, Level.ONE_DIGIT: 0.010,
+                Level.YEAR_ONE_DIGIT: 0.008, Level.DIFFERENT: 0.010}
+# u among strangers: birth dates spread evenly over BIRTH_YEARS years (a study's patients are 0 to
+# about 90 years old); each value is the average share of the other dates of the span that lie at
+# that level from a date (`birth_date_u_among_strangers` computes them; a test recomputes these).
+BIRTH_YEARS = 90
+BIRTH_DATE_U_STRANGERS = {Level.EQUAL: 3.042e-5, Level.DAY_MONTH_SWAPPED: 1.099e-5,
+                          Level.ONE_DIGIT: 5.339e-4, Level.YEAR_ONE_DIGIT: 4.372e-4}
+# u among siblings: twins (about one delivery in 60 in Germany is a multiple birth; rounded up to
+# 2 % of sibling pairs); siblings born in the same year (assumed 5 %) at one of the ~17.5 dates one
+# digit away (of 365), or on the same day of the year (1/365) in years one digit apart (~70 % of
+# sibling pairs: 1980 / 1983); a swap needs the same year and the one mirrored date.
+BIRTH_DATE_U_SIBLINGS = {Level.EQUAL: 0.02, Level.DAY_MONTH_SWAPPED: 2e-5,
+                         Level.ONE_DIGIT: 0.0024, Level.YEAR_ONE_DIGIT: 0.0019}
+
+# Birth places. m: another place recorded (residence, hospital town) in 4 %, a leading part or a
+# typing error ("Frankfurt" / "Frankfurt am Main") in 5 %. u among strangers: birth places of
+# different people coincide about 1 in 100 (assumed: births concentrate in towns with maternity
+# wards, and a study's patients come from one region); among siblings: they are born in the same
+# town about half the time (assumed).
+BIRTH_PLACE_M = {Level.EQUAL: 0.91, Level.SIMILAR: 0.05, Level.DIFFERENT: 0.04}
+BIRTH_PLACE_U_STRANGERS = {Level.EQUAL: 0.01, Level.SIMILAR: 0.002}
+BIRTH_PLACE_U_SIBLINGS = {Level.EQUAL: 0.5, Level.SIMILAR: 0.03}
+
+# The share of siblings among the different people in a clearing at each family-name level. With the
+# family name agreeing (or linked by a birth name) assumed 60 %: the Bloom filter brings relatives to
+# a clearing, the rest are namesakes and others with a common name. Names one typing error apart are a
+# sibling's only if a typo happened (about 5 % of pairs, so 3 %); other names are strangers'.
+SIBLING_SHARE = {Level.EQUAL: 0.6, Level.PARTIAL: 0.6, Level.BIRTH_NAME: 0.6, Level.TYPO: 0.03,
+                 Level.DIFFERENT: 0.0, Level.MISSING: 0.0}
+
+
+def _mixed(m: dict[Level, float], strangers: dict[Level, float], siblings: dict[Level, float],
+                  share: float) -> dict[Level, Probabilities]:
+    """m and the u mixed from strangers and siblings; the DIFFERENT level takes the rest of u."""
+    return _table({level: (m[level], None if level is Level.DIFFERENT else
+                           share * siblings[level] + (1 - share) * strangers[level]) for level in m})
+
+
+BIRTH_DATE = {family: _mixed(BIRTH_DATE_M, BIRTH_DATE_U_STRANGERS, BIRTH_DATE_U_SIBLINGS, share)
+              for family, share in SIBLING_SHARE.items()}
+BIRTH_PLACE = {family: _mixed(BIRTH_PLACE_M, BIRTH_PLACE_U_STRANGERS, BIRTH_PLACE_U_SIBLINGS, share)
+               for family, share in SIBLING_SHARE.items()}
+
+# Decision thresholds on the summed weight, in bits. At or above MATCH_THRESHOLD the records are one
+# person. Below NON_MATCH_THRESHOLD they are clearly two. Between the two the model cannot tell (a
+# changed family name with nothing to corroborate it, a different sex, a namesake with a mistyped
+# date at another birth place): the clearing must decide, and it keeps such records apart (a missed
+# link costs a duplicate person; a false one mixes two patients' data, the worse error), marking the
+# comparison `undecided` for the audit. The thresholds sit between the weights of the cases a data
+# steward decides one way and the other (tests/test_idat.py lists them).
+MATCH_THRESHOLD = 18.5
+NON_MATCH_THRESHOLD = 14.0
+
+# The clearing never merges records on less than these fields (IDAT element codes; the studies'
+# REQUIRED_ELEMENTS); the others count where both records have them.
+REQUIRED_FIELDS = frozenset({"given", "family", "birthdate", "gender"})
+
+
+def field_probabilities(field: str, level: Level, family: Level) -> Probabilities | None:
+    """m and u of a field's level (for birth date and place: given the family name's level);
+    None for a missing field."""
+    if level is Level.MISSING:
+        return None
+    if field == "given":
+        return GIVEN_NAMES[level]
+    if field == "family":
+        return FAMILY_NAME[level]
+    if field == "gender":
+        return SEX[level]
+    return (BIRTH_DATE if field == "birthdate" else BIRTH_PLACE)[family][level]
+
+
+def field_weight(field: str, level: Level, family: Level) -> float:
+    """The weight a field's level adds, in bits: log2(m/u), 0 for a missing field.
+
+    No level weighs more than its field's EQUAL: among siblings the model as estimated would rate day
+    and month exchanged above an equal date (twins share the date, siblings hardly ever have mirrored
+    ones), and a swapped date must not outrank an equal one when the clearing ranks candidates.
+    """
+    probabilities = field_probabilities(field, level, family)
+    if probabilities is None:
         return 0.0
-
-    def pairwise(xs: list[str], ys: list[str]) -> float:
-        return sum(max(jaro_winkler(x, y) for y in ys) for x in xs) / len(xs)
-
-    whole = max(jaro_winkler(" ".join(a), " ".join(b)), jaro_winkler(" ".join(b), " ".join(a)))
-    if len(a) == len(b):
-        return max(whole, pairwise(a, b), pairwise(b, a))
-    shorter, longer = (a, b) if len(a) < len(b) else (b, a)
-    return max(whole, pairwise(shorter, longer))
+    equal = field_probabilities(field, Level.EQUAL, family)
+    return min(probabilities.weight, equal.weight) if equal is not None else probabilities.weight
 
 
-_GIVEN_RULES = {Agreement.EQUAL: Rule.GIVEN_NAMES_EQUAL, Agreement.PARTIAL: Rule.GIVEN_NAMES_PARTIAL,
-                Agreement.SIMILAR: Rule.GIVEN_NAMES_SIMILAR, Agreement.DIFFERENT: Rule.GIVEN_NAMES_DIFFER}
-_FAMILY_RULES = {Agreement.EQUAL: Rule.FAMILY_NAME_EQUAL, Agreement.PARTIAL: Rule.FAMILY_NAME_PARTIAL,
-                 Agreement.SIMILAR: Rule.FAMILY_NAME_SIMILAR, Agreement.DIFFERENT: Rule.FAMILY_NAME_DIFFERS}
+def birth_date_u_among_strangers(first_year: int = 1930, years: int = BIRTH_YEARS) -> dict[Level, float]:
+    """The u-probabilities of the birth-date levels for birth dates spread evenly over `years`
+    years: for each date, the share of the span's dates at each level from it, averaged."""
+    last_year = first_year + years - 1
+    dates = sum(366 if calendar.isleap(year) else 365 for year in range(first_year, last_year + 1))
+    counts = dict.fromkeys((Level.DAY_MONTH_SWAPPED, Level.ONE_DIGIT, Level.YEAR_ONE_DIGIT), 0)
+    for year in range(first_year, last_year + 1):
+        other_years = [int(text) for text in _one_edit_away(f"{year:04d}") if first_year <= int(text) <= last_year]
+        for month in range(1, 13):
+            for day in range(1, calendar.monthrange(year, month)[1] + 1):
+                swapped, one_digit = _same_year_neighbours(day, month, calendar.isleap(year))
+                counts[Level.DAY_MONTH_SWAPPED] += swapped
+                counts[Level.ONE_DIGIT] += one_digit
+                counts[Level.YEAR_ONE_DIGIT] += sum(1 for other in other_years
+                                                    if (month, day) != (2, 29) or calendar.isleap(other))
+    return {Level.EQUAL: 1 / dates, **{level: count / dates ** 2 for level, count in counts.items()}}
+
+
+def _one_edit_away(digits: str) -> set[str]:
+    """The digit strings one substitution or one exchange of neighbours away."""
+    found = {digits[:i] + d + digits[i + 1:] for i in range(len(digits)) for d in "0123456789"}
+    found |= {digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:] for i in range(len(digits) - 1)}
+    return found - {digits}
+
+
+@functools.cache
+def _same_year_neighbours(day: int, month: int, leap: bool) -> tuple[int, int]:
+    """How many dates of the same year are day/month-swapped and how many one digit away."""
+    year = 2000 if leap else 2001
+    found = {Level.DAY_MONTH_SWAPPED: 0, Level.ONE_DIGIT: 0}
+    for text in _one_edit_away(f"{day:02d}{month:02d}") | {f"{month:02d}{day:02d}"}:
+        try:
+            other = date(year, int(text[2:]), int(text[:2]))
+        except ValueError:
+            continue
+        level = birth_date_level(date(year, month, day), other)
+        if level in found:
+            found[level] += 1
+    return found[Level.DAY_MONTH_SWAPPED], found[Level.ONE_DIGIT]
+
+
+# --- the comparison -------------------------------------------------------------------------------
+
+class Decision(StrEnum):
+    MATCH = "match"
+    NO_MATCH = "no-match"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The clearing's verdict on two records: codes and numbers only, never a value of the IDAT.
+
+    `levels` holds each field's agreement level (by IDAT element code), `weight` the summed
+    log-likelihood ratio in bits. `undecided`: no match, yet the weight is not low enough to call
+    the records clearly two people (between the thresholds, or a required field missing)."""
+
+    decision: Decision
+    weight: float
+    levels: tuple[tuple[str, Level], ...]
+
+    @property
+    def is_match(self) -> bool:
+        return self.decision is Decision.MATCH
+
+    @property
+    def score(self) -> float:
+        """The weight: the higher, the likelier the same person (linkage ranks candidates by it)."""
+        return self.weight
+
+    @property
+    def undecided(self) -> bool:
+        return self.decision is Decision.NO_MATCH and self.weight >= NON_MATCH_THRESHOLD
+
+    def level(self, field: str) -> Level:
+        return dict(self.levels)[field]
+
+
+def explain(comparison: Comparison) -> dict[str, str]:
+    """For the audit of a clearing: which fields agreed, and how (field code -> level code)."""
+    return {field: level.value for field, level in comparison.levels}
 
 
 def compare(a: Idat, b: Idat) -> Comparison:
-    """Decide whether two records' IDAT belong to the same person.
+    """Decide whether two records' IDAT belong to the same person (a Fellegi–Sunter model).
 
-    Required on both sides: given name(s), family name, birth date and sex; any of them absent
-    gives NO_MATCH (the clearing does not merge on less). Then, in this order:
+    Each field gets its agreement level (`name_level` for the given names, `family_level`,
+    `birth_date_level`, `sex_level`, `place_level`); the weights of the levels (`field_weight`) are
+    summed, a missing field adding 0. The sum is capped at what the pair would weigh with its family
+    names equal: birth date and place weigh less between people with one family name (who may be
+    siblings), and a family name one typo apart must not gain from having them weighed as
+    strangers'. MATCH at or above MATCH_THRESHOLD if the required fields (given names, family name,
+    birth date, sex) are present on both sides; NO_MATCH otherwise. What that means for the hard
+    cases:
 
-    1. Sex must be equal (the code as sent: "unknown" equals only "unknown").
-    2. Given names must agree (`name_agreement`: equal, a name left out, or typing errors).
-       Twins differ exactly here, so this rule is what keeps them apart; twins whose names are
-       one typo apart ("Lena"/"Lea") cannot be told from a typo by any IDAT comparison.
-    3. Birth place, where both records carry one, must agree (`place_agreement`).
-    4. Birth date equal, and family names agree (equal, a part of a double name, or typos): MATCH.
-    5. Birth date equal, family names differ (marriage, divorce): MATCH if the change is
-       corroborated, either by a birth name (one record's birth name agrees with the other's
-       family name, or both birth names agree), or by the birth place (present and agreeing on
-       both sides). Without either, NO_MATCH: same given names, birth date and sex alone are
-       too common.
-    6. Birth date with day and month exchanged (03.12. / 12.03., same year): accepted only where
-       the names agree strongly: given names equal (or one record lacking a further given name)
-       and family names equal or at most typos apart; then MATCH, otherwise NO_MATCH. The
-       exchange is a frequent entry error, but together with a changed family name or given
-       names that are only similar it would let too many other people through.
-    7. Any other birth date: NO_MATCH (namesakes are stopped here).
-
-    The score (weighted Jaro–Winkler and agreement of the elements, in [0, 1]) is informational.
+    - Twins (family name, birth date and place shared, given names differ) stay apart: birth date
+      and place agreement weigh little between people with one family name (they may be siblings),
+      and different given names weigh heavily against.
+    - Namesakes (names shared, another birth date) stay apart: a different birth date weighs
+      against as much as equal names weigh for.
+    - A birth date with one digit mistyped matches where the names agree, the sex is the same and
+      the birth place, where both records have one, agrees. Day and month exchanged weigh like an
+      equal date (only one date is the mirror of another).
+    - A changed family name matches if a birth name links the names or the birth place agrees.
+    - Twins whose given names are one typing error apart ("Lena"/"Lea") cannot be told from a typo by
+      any comparison of IDAT; they are linked.
     """
-    rules: list[Rule] = []
-    given_a, given_b = _given_tokens(a), _given_tokens(b)
-    family_a, family_b = _tokens(a.family_name), _tokens(b.family_name)
-    birth_a, birth_b = _tokens(a.birth_name), _tokens(b.birth_name)
-
-    # Element by element: what agrees, what does not.
-    if not given_a or not given_b:
-        rules.append(Rule.GIVEN_NAMES_MISSING)
-    if not family_a or not family_b:
-        rules.append(Rule.FAMILY_NAME_MISSING)
-    if a.birth_date is None or b.birth_date is None:
-        rules.append(Rule.BIRTH_DATE_MISSING)
-    if not a.sex or not b.sex:
-        rules.append(Rule.SEX_MISSING)
-    required_missing = bool(rules)
-
-    if a.sex and b.sex:
-        rules.append(Rule.SEX_EQUAL if a.sex == b.sex else Rule.SEX_DIFFERS)
-    date_equal = swapped = False
-    if a.birth_date is not None and b.birth_date is not None:
-        date_equal = a.birth_date == b.birth_date
-        swapped = not date_equal and _day_month_swapped(a.birth_date, b.birth_date)
-        rules.append(Rule.BIRTH_DATE_EQUAL if date_equal else
-                     Rule.BIRTH_DATE_DAY_MONTH_SWAPPED if swapped else Rule.BIRTH_DATE_DIFFERS)
-    given = name_agreement(given_a, given_b, initials=True)
-    family = name_agreement(family_a, family_b)
-    if given in _GIVEN_RULES:
-        rules.append(_GIVEN_RULES[given])
-    if family in _FAMILY_RULES:
-        rules.append(_FAMILY_RULES[family])
-    place = place_agreement(a.birth_place, b.birth_place)
-    rules.append(Rule.BIRTH_PLACE_NOT_COMPARED if place is Agreement.MISSING else
-                 Rule.BIRTH_PLACE_AGREES if place.agrees else Rule.BIRTH_PLACE_DIFFERS)
-    birth_name_link = family is Agreement.DIFFERENT and any(
-        name_agreement(x, y).agrees
-        for x, y in ((birth_a, family_b), (family_a, birth_b), (birth_a, birth_b)))
-    if birth_name_link:
-        rules.append(Rule.BIRTH_NAME_LINKS_FAMILY_NAMES)
-
-    # Hard cases, named for whoever reads the verdict.
-    if family.agrees and date_equal and given is Agreement.DIFFERENT and place is not Agreement.DIFFERENT:
-        rules.append(Rule.TWIN_SUSPECTED)
-    if given.agrees and family.agrees and not date_equal and not swapped and not required_missing:
-        rules.append(Rule.NAMESAKE_SUSPECTED)
-
-    # The decision.
-    match = False
-    if (not required_missing and a.sex == b.sex and given.agrees and place is not Agreement.DIFFERENT):
-        if date_equal and family.agrees:
-            match = True
-        elif date_equal:
-            match = birth_name_link or place.agrees
-            rules.append(Rule.FAMILY_NAME_CHANGE_ACCEPTED if match else Rule.FAMILY_NAME_CHANGE_REJECTED)
-        elif swapped:
-            match = (given in (Agreement.EQUAL, Agreement.PARTIAL)
-                     and family in (Agreement.EQUAL, Agreement.SIMILAR))
-            rules.append(Rule.BIRTH_DATE_SWAP_ACCEPTED if match else Rule.BIRTH_DATE_SWAP_REJECTED)
-    score = _score(a, b, given_a, given_b, family_a, family_b, birth_a, birth_b, date_equal, swapped)
-    return Comparison(Decision.MATCH if match else Decision.NO_MATCH, score, tuple(rules))
+    levels = (("given", name_level(a.given_names, b.given_names, initials=True)),
+              ("family", family_level(a, b)),
+              ("birthdate", birth_date_level(a.birth_date, b.birth_date)),
+              ("gender", sex_level(a.sex, b.sex)),
+              ("birthplace", place_level(a.birth_place, b.birth_place)))
+    weight = min(_weight(dict(levels)), _weight({**dict(levels), "family": Level.EQUAL}))
+    complete = all(getattr(x, ELEMENT_ATTRIBUTES[code]) not in (None, ())
+                   for x in (a, b) for code in REQUIRED_FIELDS)
+    match = complete and weight >= MATCH_THRESHOLD
+    return Comparison(Decision.MATCH if match else Decision.NO_MATCH, round(weight, 6), levels)
 
 
-def _score(a: Idat, b: Idat, given_a: list[str], given_b: list[str], family_a: list[str], family_b: list[str],
-           birth_a: list[str], birth_b: list[str], date_equal: bool, swapped: bool) -> float:
-    parts: dict[str, float] = {"given": _similarity(given_a, given_b)}
-    # A family name may live on as the other record's birth name.
-    parts["family"] = max(_similarity(x, y) for x, y in
-                          ((family_a, family_b), (birth_a, family_b), (family_a, birth_b)))
-    parts["birth_date"] = 1.0 if date_equal else 0.5 if swapped else 0.0
-    parts["sex"] = 1.0 if a.sex and a.sex == b.sex else 0.0
-    place_a, place_b = _tokens(a.birth_place), _tokens(b.birth_place)
-    if place_a and place_b:
-        parts["birth_place"] = _similarity(place_a, place_b)
-    total = sum(SCORE_WEIGHTS[key] for key in parts)
-    return round(sum(SCORE_WEIGHTS[key] * value for key, value in parts.items()) / total, 4)
+def _weight(levels: dict[str, Level]) -> float:
+    return sum(field_weight(field, level, levels["family"]) for field, level in levels.items())
 
 
 def compare_pairs(idats: Sequence[Idat]) -> dict[tuple[int, int], Comparison]:
@@ -761,9 +866,11 @@ def compare_pairs(idats: Sequence[Idat]) -> dict[tuple[int, int], Comparison]:
 
 
 __all__ = [
-    "IDAT_ELEMENTS_SYSTEM", "IDAT_ELEMENT_CODES", "ELEMENT_ATTRIBUTES", "IdatError", "Idat",
-    "idat_from_patient", "normalise_name", "jaro", "jaro_winkler", "edit_distance", "tokens_agree",
-    "name_agreement", "place_agreement", "Decision", "Agreement", "Rule", "Comparison", "compare",
-    "compare_pairs", "TYPO_MAX_EDITS", "TYPO_MIN_LENGTH", "LONG_NAME_MIN_LENGTH", "LONG_NAME_MAX_EDITS",
-    "NAME_SIMILARITY_THRESHOLD", "SCORE_WEIGHTS",
+    "IDAT_ELEMENTS_SYSTEM", "IDAT_ELEMENT_CODES", "ELEMENT_ATTRIBUTES", "ADMINISTRATIVE_GENDERS", "IdatError",
+    "Idat", "idat_from_patient", "normalise_name", "name_forms", "tokens_agree", "Level", "name_level",
+    "family_level", "place_level", "birth_date_level", "sex_level", "Probabilities", "GIVEN_NAMES",
+    "FAMILY_NAME", "SEX", "BIRTH_DATE", "BIRTH_PLACE", "SIBLING_SHARE", "field_probabilities", "field_weight",
+    "birth_date_u_among_strangers", "MATCH_THRESHOLD", "NON_MATCH_THRESHOLD", "REQUIRED_FIELDS",
+    "Decision", "Comparison", "explain", "compare", "compare_pairs", "TYPO_MAX_EDITS", "TYPO_MIN_LENGTH",
+    "LONG_NAME_MIN_LENGTH", "LONG_NAME_MAX_EDITS", "LONG_NAME_MIN_SIMILARITY",
 ]

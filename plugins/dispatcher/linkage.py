@@ -5,12 +5,21 @@ date from the store before it decides anything: the store numbers every stored o
 filter of a study with the study's next change number, and a process asks for the rows after
 the highest number it holds. Writers hold the study's lock (`lock_study`) while they store
 filters, so numbers become visible in order and the "rows after n" question never misses one.
+The shared index takes in committed rows only (read units); rows a write unit sees beyond them
+are compared for its decision but never enter the index, so a unit that is rolled back cannot
+leave filters behind in memory.
 
 A request is decided in two steps. Without any lock, each filter is searched in the index: the
 expensive part. Then, under the study's lock, the changes since that search (usually none, at
 most a few) are compared as well, and persons, filters, pseudonyms, cases and tasks are written.
 Two requests for the same new person therefore meet under the lock: the second sees the first's
 filter among the changes and links to its person instead of creating another.
+
+The filters of one request are decided one after the other, each exactly as if the request's
+earlier filters had been sent before it in requests of their own: an earlier filter that found
+or became a person is a stored filter of that person for the later ones, at every threshold; an
+earlier filter that went to a clearing is a record waiting in that clearing. A batch and the
+same filters sent one by one therefore give the same persons.
 """
 
 from __future__ import annotations
@@ -19,23 +28,29 @@ import base64
 import binascii
 import dataclasses
 import itertools
+import logging
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Sequence
 
-from ttp_gateway.backends.base import ClearingCase, Repository, Task, Transaction
-from ttp_gateway.plugins.gpas.service import Pseudonymizer
+from ttp_gateway.backends.base import Repository, UnitOfWork
+from ttp_gateway.core.errors import ServerError
+from ttp_gateway.plugins.gpas.api import Pseudonymizer
 
 from . import bloom
-from .idat import Idat, compare
+from .idat import Comparison, Idat, compare, explain
 from .matcher import FilterIndex
+from .sealing import IdatSeal
+from .store import LINKAGE, BloomFilterRow, ClearingCase, LinkageStore, Task
 from .studies import Study
 
 SEND_IDAT = "send_idat"
 PSN_AVAILABLE = "dic_psn_available"
 REPEAT_REQUEST = "repeat_request"
+
+log = logging.getLogger("ttp_gateway.dispatcher")
 
 
 @dataclass
@@ -48,26 +63,25 @@ class _SyncedIndex:
 class FilterIndexes:
     """The Bloom filters of every study and version, in memory, kept in step with the store."""
 
-    def __init__(self) -> None:
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
         self._indexes: dict[tuple[str, str], _SyncedIndex] = {}
         self._lock = threading.Lock()
 
-    def synced(self, tx: Transaction, study: Study, version: str) -> tuple[FilterIndex, int]:
-        """The index of a study's version with every change the store has; and the change
-        number it is current to."""
+    def synced(self, study: Study, version: str) -> tuple[FilterIndex, int]:
+        """The index of a study's version with every committed change; and the change number it
+        is current to."""
         entry = self._entry(study, version)
         with entry.lock:
-            changes = tx.get_bloom_filter_changes(study.name, version, entry.sequence)
+            with self._repository.read() as unit:
+                changes = unit[LINKAGE].get_bloom_filter_changes(study.name, version, entry.sequence)
             self._apply(entry, changes)
             return entry.index, entry.sequence
 
-    def changes_since(self, tx: Transaction, study: Study, version: str, sequence: int) -> list:
-        """The rows stored or withdrawn after `sequence`; applied to the index as well."""
-        entry = self._entry(study, version)
-        with entry.lock:
-            changes = tx.get_bloom_filter_changes(study.name, version, min(sequence, entry.sequence))
-            self._apply(entry, [row for row in changes if row.sequence > entry.sequence])
-        return [row for row in changes if row.sequence > sequence]
+    @staticmethod
+    def changes_since(store: LinkageStore, study: Study, version: str, sequence: int) -> list[BloomFilterRow]:
+        """The rows stored or withdrawn after `sequence`, as `store` (a write unit's) sees them."""
+        return store.get_bloom_filter_changes(study.name, version, sequence)
 
     def loaded(self) -> dict[str, int]:
         return {f"{study}/{version}": len(entry.index) for (study, version), entry in self._indexes.items()}
@@ -81,7 +95,7 @@ class FilterIndexes:
         return entry
 
     @staticmethod
-    def _apply(entry: _SyncedIndex, changes: Sequence) -> None:
+    def _apply(entry: _SyncedIndex, changes: Sequence[BloomFilterRow]) -> None:
         if not changes:
             return
         stored = [row for row in changes if row.bloom_filter is not None]
@@ -106,7 +120,10 @@ class Query:
 
 
 class _NewPerson:
-    """A person this request creates; several queries of a batch may share one."""
+    """A person this request creates; later filters of the request may link to it."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
 
 
 @dataclass
@@ -116,6 +133,15 @@ class Outcome:
     pseudonym: str | None = None
     pending: bool = False
     error: str | None = None
+
+
+@dataclass
+class ProvideOutcome:
+    """What a `$providePatientData` did: whether it decided its clearing, and how the records
+    compared (element codes and agreement levels only, for the audit)."""
+
+    decided: bool
+    comparisons: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def idat_to_document(idat: Idat) -> dict[str, Any]:
@@ -136,97 +162,111 @@ def idat_from_document(document: dict[str, Any]) -> Idat:
     return Idat(**values)
 
 
+Person = int | _NewPerson
+Candidate = tuple[Person, float, str]  # (person, score, site holding its most similar filter)
+
+
 class Linker:
-    def __init__(self, repository: Repository, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, repository: Repository, pseudonymizer: Pseudonymizer, seal: IdatSeal | None) -> None:
         self.repository = repository
         self.pseudonyms = pseudonymizer
-        self.indexes = FilterIndexes()
+        self.seal = seal
+        self.indexes = FilterIndexes(repository)
 
     # --- $requestPsnFromBfWorkflow ------------------------------------------------------------
-    def link(self, study: Study, site: str, queries: list[Query], now: datetime) -> list[Outcome]:
-        """Site pseudonyms for Bloom filters of one site: known person, new person, or clearing."""
-        usable = [q for q in queries if q.error is None]
-        snapshot = self._search(study, usable)
-        outcomes: dict[int, Outcome] = {}
-        with self.repository.transaction(write=True) as tx:
-            tx.lock_study(study.name)
-            self._expire(tx, study, now)
-            for version, of_version in _by_version(usable).items():
-                self._add_changes(tx, study, version, snapshot[version], of_version)
-            owners = tx.get_bloom_filter_owners(study.name, sorted({bf for q in usable for bf, _ in q.candidates}))
-            person_of: dict[int, int | _NewPerson] = {}   # id(query) -> person
-            keep: list[Query] = []                        # filters to store
-            decided: list[Query] = []
-            pending = _PendingRecords(tx.get_open_cases(study.name), study)
-            # The pseudonyms the clearings may name, fetched per site at once, not per candidate.
-            holder_pseudonyms = self._pseudonyms_at(tx, study, {
-                (person, _holders(query, owners)[person]) for query in usable
-                for person, score in _rank_persons(query, owners)[:study.candidates]
-                if study.possible_match_threshold <= score < study.match_threshold})
-            for query in usable:
-                if pending.holds(site, query.canonical):
-                    outcomes[id(query)] = Outcome(pending=True)
-                    continue
-                ranked = _rank_persons(query, owners)
-                person, score = ranked[0] if ranked else (None, 0.0)
-                # A filter earlier in this batch may be the same person (a site's duplicate records).
-                for other in decided:
-                    if other.version == query.version:
-                        local = bloom.dice(query.bloom_filter, other.bloom_filter)
-                        if local >= study.match_threshold and local > score:
-                            person, score = person_of[id(other)], local
-                similar_case, similar_score = pending.most_similar(query)
-                if score >= study.match_threshold:
-                    person_of[id(query)] = person  # type: ignore[assignment]
-                elif score >= study.possible_match_threshold or similar_score >= study.possible_match_threshold:
-                    # Unsure, or like a record whose clearing runs: decided by comparing IDAT, in
-                    # the running clearing if it is like that one's record (they may be one
-                    # person nobody knows yet).
-                    holders = _holders(query, owners)
-                    candidates = [(p, s, holders[p]) for p, s in ranked
-                                  if s >= study.possible_match_threshold][:study.candidates]
-                    missing = {(p, h) for p, _, h in candidates if (p, h) not in holder_pseudonyms}
-                    if missing:
-                        holder_pseudonyms.update(self._pseudonyms_at(tx, study, missing))
-                    case = similar_case if similar_score >= study.possible_match_threshold else None
-                    case = self._clear(tx, study, site, query,
-                                       [(p, sc, h, holder_pseudonyms[(p, h)]) for p, sc, h in candidates],
-                                       now, case)
-                    pending.add(case)
-                    outcomes[id(query)] = Outcome(pending=True)
-                    continue
-                else:
-                    person_of[id(query)] = _NewPerson()
-                decided.append(query)
-                if score < 1.0:  # an identical filter of the person is stored already
-                    keep.append(query)
-            persons = self._resolve(tx, study, person_of)
-            tx.add_bloom_filters(study.name, [(persons[id(q)], site, q.version, q.bloom_filter) for q in keep])
-            pseudonyms = self._site_pseudonyms(tx, study, site, {persons[id(q)] for q in decided})
-            for query in decided:
-                outcomes[id(query)] = Outcome(pseudonym=pseudonyms[persons[id(query)]])
-            self._close_tasks_for(tx, study, site, answered=[q.canonical for q in decided],
-                                  repeated=[q.canonical for q in usable])
-        return [outcomes.get(id(q), Outcome(error=q.error)) for q in queries]
-
-    def _search(self, study: Study, queries: list[Query]) -> dict[str, int]:
-        """Candidates for every query from the index, outside any lock; per version the change
-        number the index was current to."""
+    def search(self, study: Study, queries: list[Query]) -> dict[str, int]:
+        """Candidates for every usable query from the index, outside any lock; per version the
+        change number the index was current to."""
         snapshot = {}
-        for version, of_version in _by_version(queries).items():
-            with self.repository.transaction() as tx:
-                index, sequence = self.indexes.synced(tx, study, version)
+        for version, of_version in _by_version([q for q in queries if q.error is None]).items():
+            index, sequence = self.indexes.synced(study, version)
             snapshot[version] = sequence
             found = index.search_many([q.bloom_filter for q in of_version], study.possible_match_threshold,
-                                      limit=study.candidates * 4)
+                                      limit=_search_limit(study))
             for query, candidates in zip(of_version, found):
                 query.candidates = candidates
         return snapshot
 
-    def _add_changes(self, tx: Transaction, study: Study, version: str, sequence: int,
+    def link(self, unit: UnitOfWork, study: Study, site: str, queries: list[Query], snapshot: dict[str, int],
+             now: datetime) -> list[Outcome]:
+        """Site pseudonyms for Bloom filters of one site: known person, new person, or clearing.
+        `snapshot` is what `search` returned for these queries."""
+        store = unit[LINKAGE]
+        usable = [q for q in queries if q.error is None]
+        store.lock_study(study.name)
+        self._expire(store, study, now)
+        for version, of_version in _by_version(usable).items():
+            self._add_changes(store, study, version, snapshot.get(version, 0), of_version)
+        owners = store.get_bloom_filter_owners(study.name, sorted({bf for q in usable for bf, _ in q.candidates}))
+        pending = _PendingRecords(store.get_open_cases(study.name), study)
+        outcomes: dict[int, Outcome] = {}
+        person_of: dict[int, Person] = {}   # id(query) -> person
+        decided: list[Query] = []           # earlier filters of this request that have a person
+        keep: list[Query] = []              # filters to store
+        intents: list[_Intent] = []         # clearings to open or join, in order
+        new_persons = itertools.count()
+        for query in usable:
+            if pending.holds(site, query.canonical):
+                outcomes[id(query)] = Outcome(pending=True)
+                continue
+            ranked = self._rank(study, site, query, owners, decided, person_of)
+            person, score = (ranked[0][0], ranked[0][1]) if ranked else (None, 0.0)
+            similar, similar_score = pending.most_similar(query)
+            if score >= study.match_threshold:
+                person_of[id(query)] = person  # type: ignore[assignment]
+            elif score >= study.possible_match_threshold or similar_score >= study.possible_match_threshold:
+                # Unsure, or like a record whose clearing runs: decided by comparing IDAT, in the
+                # running clearing if it is like that one's record (they may be one person that
+                # nobody knows yet).
+                candidates = [c for c in ranked if c[1] >= study.possible_match_threshold][:study.candidates]
+                joins = similar if similar_score >= study.possible_match_threshold else None
+                intent = _Intent(query, candidates, joins)
+                intents.append(intent)
+                pending.add(intent, site, query)
+                outcomes[id(query)] = Outcome(pending=True)
+                continue
+            else:
+                person_of[id(query)] = _NewPerson(next(new_persons))
+            decided.append(query)
+            if score < 1.0:  # an identical filter of the person is stored already
+                keep.append(query)
+        persons = self._resolve(store, study, [person_of[id(q)] for q in decided]
+                                + [c[0] for intent in intents for c in intent.candidates])
+        store.add_bloom_filters(study.name, [(persons[person_of[id(q)]], site, q.version, q.bloom_filter)
+                                             for q in keep])
+        at_site = self._site_pseudonyms(unit, study, site, {persons[person_of[id(q)]] for q in decided})
+        for query in decided:
+            outcomes[id(query)] = Outcome(pseudonym=at_site[persons[person_of[id(query)]]])
+        self._open_clearings(unit, store, study, site, intents, persons, now)
+        self._close_tasks_for(store, study, site, answered=[q.canonical for q in decided],
+                              repeated=[q.canonical for q in usable])
+        return [outcomes.get(id(q), Outcome(error=q.error)) for q in queries]
+
+    def _rank(self, study: Study, site: str, query: Query, owners: dict[int, tuple[int, str]],
+              decided: list[Query], person_of: dict[int, Person]) -> list[Candidate]:
+        """Candidate persons of a query with their best score, best first: stored filters, and the
+        earlier filters of this request as if they were stored (the same search limit)."""
+        found: list[tuple[float, int, Person, str]] = []  # (score, order, person, holder)
+        for order, (bf, score) in enumerate(query.candidates):
+            owner = owners.get(bf)
+            if owner is not None:
+                found.append((score, order, owner[0], owner[1]))
+        for order, other in enumerate(decided, start=len(found)):
+            if other.version == query.version:
+                score = bloom.dice(query.bloom_filter, other.bloom_filter)
+                if score >= study.possible_match_threshold:
+                    found.append((score, order, person_of[id(other)], site))
+        found.sort(key=lambda f: (-f[0], f[1]))
+        best: dict[Any, Candidate] = {}
+        for score, _, person, holder in found[:_search_limit(study)]:
+            if person not in best:
+                best[person] = (person, score, holder)
+        return sorted(best.values(), key=lambda c: (-c[1],) + _person_order(c[0]))
+
+    def _add_changes(self, store: LinkageStore, study: Study, version: str, sequence: int,
                      queries: list[Query]) -> None:
         """Compare the queries with the filters stored since their search (under the lock)."""
-        changes = self.indexes.changes_since(tx, study, version, sequence)
+        changes = self.indexes.changes_since(store, study, version, sequence)
         if not changes:
             return
         withdrawn = {row.id for row in changes}
@@ -234,36 +274,49 @@ class Linker:
         for query in queries:
             kept = [(bf, score) for bf, score in query.candidates if bf not in withdrawn]
             for row in stored:
-                score = bloom.dice(query.bloom_filter, row.bloom_filter)
+                score = bloom.dice(query.bloom_filter, row.bloom_filter)  # type: ignore[arg-type]
                 if score >= study.possible_match_threshold:
                     kept.append((row.id, score))
-            query.candidates = sorted(kept, key=lambda c: -c[1])
+            query.candidates = sorted(kept, key=lambda c: (-c[1], c[0]))[:_search_limit(study)]
 
     @staticmethod
-    def _resolve(tx: Transaction, study: Study, person_of: dict[int, Any]) -> dict[int, int]:
-        """Person ids for every decided query, creating the new persons."""
-        new = list(dict.fromkeys(p for p in person_of.values() if isinstance(p, _NewPerson)))
-        created = dict(zip(new, tx.create_persons(study.name, len(new))))
-        return {query: created.get(person, person) if isinstance(person, _NewPerson) else person
-                for query, person in person_of.items()}
+    def _resolve(store: LinkageStore, study: Study, persons: list[Person]) -> dict[Person, int]:
+        """Person ids for the persons a request names, creating its new persons in order."""
+        new = sorted({p for p in persons if isinstance(p, _NewPerson)}, key=lambda p: p.order)
+        created: dict[Person, int] = dict(zip(new, store.create_persons(study.name, len(new))))
+        return {p: created[p] if isinstance(p, _NewPerson) else p for p in persons}
 
-    def _site_pseudonyms(self, tx: Transaction, study: Study, site: str, persons: set[int]) -> dict[int, str]:
+    def _site_pseudonyms(self, unit: UnitOfWork, study: Study, site: str, persons: set[int]) -> dict[int, str]:
+        if not persons:
+            return {}
         domain = self.pseudonyms.domain(site)
         keys = {study.person_key(p): p for p in persons}
-        found = self.pseudonyms.get_or_create(tx, domain, sorted(keys))
+        found = self.pseudonyms.get_or_create(unit, domain, sorted(keys))
         return {keys[key]: pseudonym for key, pseudonym in found.items()}
 
-    def _pseudonyms_at(self, tx: Transaction, study: Study,
+    def _pseudonyms_at(self, unit: UnitOfWork, study: Study,
                        pairs: set[tuple[int, str]]) -> dict[tuple[int, str], str]:
         """The pseudonym of each (person, site), one batch per site."""
         by_site: dict[str, set[int]] = {}
         for person, site in pairs:
             by_site.setdefault(site, set()).add(person)
         return {(person, site): pseudonym for site, persons in by_site.items()
-                for person, pseudonym in self._site_pseudonyms(tx, study, site, persons).items()}
+                for person, pseudonym in self._site_pseudonyms(unit, study, site, persons).items()}
 
     # --- clearing -----------------------------------------------------------------------------
-    def _clear(self, tx: Transaction, study: Study, site: str, query: Query,
+    def _open_clearings(self, unit: UnitOfWork, store: LinkageStore, study: Study, site: str,
+                        intents: list["_Intent"], persons: dict[Person, int], now: datetime) -> None:
+        if not intents:
+            return
+        holders = self._pseudonyms_at(unit, study, {(persons[p], holder) for intent in intents
+                                                    for p, _, holder in intent.candidates})
+        for intent in intents:
+            joins = intent.joins.case if isinstance(intent.joins, _Intent) else intent.joins
+            intent.case = self._clear(store, study, site, intent.query, [
+                (persons[p], score, holder, holders[(persons[p], holder)]) for p, score, holder in intent.candidates],
+                now, joins)
+
+    def _clear(self, store: LinkageStore, study: Study, site: str, query: Query,
                candidates: list[tuple[int, float, str, str]], now: datetime,
                case: ClearingCase | None = None, requester_task: str | None = None) -> ClearingCase:
         """Put a record into clearing: a new case, or one running for a similar record. The
@@ -271,13 +324,11 @@ class Linker:
         person's best filter gets one naming that person's pseudonym there. Candidates are
         (person, score, holding site, pseudonym there)."""
         elements = list(study.idat_elements)
+        is_new = case is None
         if case is None:
             case = ClearingCase(id=str(uuid.uuid4()), study=study.name, site=site, version=query.version,
                                 bloom_filter=query.canonical, candidates=[], created=now,
                                 expires=now + study.task_ttl)
-            is_new = True
-        else:
-            is_new = False
         requester = Task(id=requester_task or str(uuid.uuid4()), study=study.name, site=site, kind=SEND_IDAT,
                          created=now, expires=case.expires, case=case.id,
                          details={"bloomfilter": query.given, "elements": elements})
@@ -294,61 +345,73 @@ class Linker:
             case.candidates.append({"person": person, "score": round(score, 6), "site": holder,
                                     "pseudonym": pseudonym, "task": task.id})
         if is_new:
-            tx.add_case(case)
+            store.add_case(case)
         else:
-            tx.update_case_candidates(case.id, case.candidates)
-        tx.add_tasks(tasks)
+            store.update_case_candidates(case.id, case.candidates)
+        store.add_tasks(tasks)
         return case
 
-    def open_clearing(self, tx: Transaction, study: Study, site: str, query: Query,
+    def open_clearing(self, unit: UnitOfWork, study: Study, site: str, query: Query,
                       candidates: list[tuple[int, float, str]], now: datetime,
                       requester_task: str | None = None) -> ClearingCase:
         """A new case for one record and its (person, score, holding site) candidates."""
-        pseudonyms = self._pseudonyms_at(tx, study, {(p, h) for p, _, h in candidates})
-        return self._clear(tx, study, site, query, [(p, sc, h, pseudonyms[(p, h)]) for p, sc, h in candidates],
+        pseudonyms = self._pseudonyms_at(unit, study, {(p, h) for p, _, h in candidates})
+        return self._clear(unit[LINKAGE], study, site, query,
+                           [(p, sc, h, pseudonyms[(p, h)]) for p, sc, h in candidates],
                            now, requester_task=requester_task)
 
-    def provide(self, tx: Transaction, study: Study, task: Task, idat: Idat, now: datetime) -> ClearingCase | None:
-        """Keep a site's IDAT for its task; decide the case once every site has answered.
-        Returns the case when it was decided by this call."""
-        tx.put_idat(task.case, task.id, task.site, idat_to_document(idat))
-        tx.set_task_status([task.id], "done")
-        if tx.get_open_tasks(study.name, case=task.case):
-            return None
-        case = tx.get_case(task.case)
+    def provide(self, unit: UnitOfWork, study: Study, task: Task, idat: Idat, digest: str,
+                now: datetime) -> ProvideOutcome:
+        """Keep a site's IDAT (sealed) for its task; decide the case once every site has
+        answered, then delete the case's IDAT."""
+        if self.seal is None:
+            raise ServerError("the dispatcher cannot keep identifying data: [dispatcher] idat_key is not configured")
+        store = unit[LINKAGE]
+        assert task.case is not None
+        store.put_idat(task.case, task.id, task.site, self.seal.seal(task.case, task.id, idat_to_document(idat)))
+        store.complete_task(task.id, {**task.details, "idat": digest})
+        if store.get_open_tasks(study.name, case=task.case):
+            return ProvideOutcome(decided=False)
+        case = store.get_case(task.case)
         if case is None or case.status != "open":
-            return None
-        documents = {task_id: idat_from_document(d) for task_id, d in tx.get_idat(case.id).items()}
+            return ProvideOutcome(decided=False)
+        seal = self.seal
+        documents = {task_id: idat_from_document(seal.open(case.id, task_id, sealed))
+                     for task_id, sealed in store.get_idat(case.id).items()}
         requesters = [c for c in case.candidates if c.get("requester")]
         candidates = [c for c in case.candidates if "person" in c and c["task"] in documents]
-        person_of = self._decide(tx, study, requesters, candidates, documents)
-        tx.delete_idat(case.id)  # decided: the identifying data go, irrevocably
-        if not tx.close_case(case.id, "decided", person_of[requesters[0]["task"]]):
-            return None
+        person_of, comparisons = self._decide(unit, store, study, requesters, candidates, documents)
+        store.delete_idat(case.id)  # decided: the identifying data go, irrevocably
+        # The deleted ciphertext leaves the write-ahead log too, once the unit is committed.
+        unit.after_commit(self.repository.checkpoint)
+        if not store.close_case(case.id, "decided", person_of[requesters[0]["task"]]):
+            return ProvideOutcome(decided=False)
         filters = []
         for requester in requesters:
             length = study.versions[requester["version"]].length
             filters.append((person_of[requester["task"]], requester["site"], requester["version"],
                             bloom.decode_filter(requester["canonical"], length)))
-        tx.add_bloom_filters(study.name, filters)
-        pseudonyms = self._pseudonyms_at(tx, study, {(person_of[r["task"]], r["site"]) for r in requesters})
+        store.add_bloom_filters(study.name, filters)
+        pseudonyms = self._pseudonyms_at(unit, study, {(person_of[r["task"]], r["site"]) for r in requesters})
         done = []
         for requester in requesters:
             pseudonym = pseudonyms[(person_of[requester["task"]], requester["site"])]
             done.append(Task(id=str(uuid.uuid4()), study=study.name, site=requester["site"], kind=PSN_AVAILABLE,
                              created=now, expires=now + study.task_ttl, case=case.id,
                              details={"bloomfilter": requester["bloomfilter"], "pseudonym": pseudonym}))
-        tx.add_tasks(done)
-        case.status, case.person = "decided", person_of[requesters[0]["task"]]
-        return case
+        store.add_tasks(done)
+        # A retry of this answer (after a lost response) is told that it decided the clearing.
+        store.complete_task(task.id, {**task.details, "idat": digest, "decided": True})
+        return ProvideOutcome(decided=True, comparisons=comparisons)
 
-    def _decide(self, tx: Transaction, study: Study, requesters: list[dict], candidates: list[dict],
-                documents: dict[str, Idat]) -> dict[str, int]:
-        """The person of every requesting record (by task id). Records whose IDAT agree are one
-        person; a group that agrees with a candidate is that person; a group that agrees with
-        none is a stored person with a matching filter (another clearing may have stored it
-        meanwhile), or a new one."""
+    def _decide(self, unit: UnitOfWork, store: LinkageStore, study: Study, requesters: list[dict],
+                candidates: list[dict], documents: dict[str, Idat]) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """The person of every requesting record (by task id), and what the comparisons saw.
+        Records whose IDAT agree are one person; a group that agrees with a candidate is that
+        person; a group that agrees with none is a stored person with a matching filter (another
+        clearing may have stored it meanwhile), or a new one."""
         group = {r["task"]: r["task"] for r in requesters}
+        seen: list[dict[str, Any]] = []
 
         def root(task: str) -> str:
             while group[task] != task:
@@ -357,12 +420,15 @@ class Linker:
             return task
 
         for first, second in itertools.combinations(requesters, 2):
-            if compare(documents[first["task"]], documents[second["task"]]).is_match:
+            comparison = compare(documents[first["task"]], documents[second["task"]])
+            seen.append(_explained(comparison, "requester", "requester"))
+            if comparison.is_match:
                 group[root(first["task"])] = root(second["task"])
         best: dict[str, tuple[float, int]] = {}  # group -> (score, candidate person)
         for requester in requesters:
             for candidate in candidates:
                 comparison = compare(documents[requester["task"]], documents[candidate["task"]])
+                seen.append(_explained(comparison, "requester", "candidate"))
                 key = root(requester["task"])
                 if comparison.is_match and (key not in best or comparison.score > best[key][0]):
                     best[key] = (comparison.score, candidate["person"])
@@ -372,103 +438,127 @@ class Linker:
             if key not in person_of_group:
                 length = study.versions[requester["version"]].length
                 data = bloom.decode_filter(requester["canonical"], length)
-                person_of_group[key] = (self._stored_match(tx, study, requester["version"], data)
-                                        or tx.create_persons(study.name, 1)[0])
-        return {r["task"]: person_of_group[root(r["task"])] for r in requesters}
+                person_of_group[key] = (self._stored_match(store, study, requester["version"], data)
+                                        or store.create_persons(study.name, 1)[0])
+        return {r["task"]: person_of_group[root(r["task"])] for r in requesters}, seen
 
-    def _stored_match(self, tx: Transaction, study: Study, version: str, data: bytes) -> int | None:
+    def _stored_match(self, store: LinkageStore, study: Study, version: str, data: bytes) -> int | None:
         """The person of the best stored filter at or above the match threshold, if any."""
-        index, _ = self.indexes.synced(tx, study, version)
-        found = index.search(data, study.match_threshold, limit=1)
+        index, sequence = self.indexes.synced(study, version)
+        found = list(index.search(data, study.match_threshold, limit=1))
+        changes = self.indexes.changes_since(store, study, version, sequence)
+        withdrawn = {row.id for row in changes}
+        found = [(bf, score) for bf, score in found if bf not in withdrawn]
+        for row in changes:
+            if row.bloom_filter is not None:
+                score = bloom.dice(data, row.bloom_filter)
+                if score >= study.match_threshold:
+                    found.append((row.id, score))
         if not found:
             return None
-        owner = tx.get_bloom_filter_owners(study.name, [found[0][0]]).get(found[0][0])
+        bf = min(found, key=lambda f: (-f[1], f[0]))[0]
+        owner = store.get_bloom_filter_owners(study.name, [bf]).get(bf)
         return owner[0] if owner else None
 
     def expire(self, study: Study, now: datetime) -> None:
         """Abort the clearings that expired, if any (a write only then). Expired tasks need no
         hurry: readers skip them, and every writer of the study marks them as it passes."""
-        with self.repository.transaction() as tx:
-            due = tx.get_due_cases(study.name, now)
+        with self.repository.read() as unit:
+            due = unit[LINKAGE].get_due_cases(study.name, now)
         if due:
-            with self.repository.transaction(write=True) as tx:
-                tx.lock_study(study.name)
-                self._expire(tx, study, now)
+            def abort(unit: UnitOfWork) -> None:
+                store = unit[LINKAGE]
+                store.lock_study(study.name)
+                self._expire(store, study, now)
 
-    def _expire(self, tx: Transaction, study: Study, now: datetime) -> None:
-        for case in tx.get_due_cases(study.name, now):
-            if not tx.close_case(case.id, "aborted", None):
+            self.repository.write(abort)
+
+    def _expire(self, store: LinkageStore, study: Study, now: datetime) -> None:
+        for case in store.get_due_cases(study.name, now):
+            if not store.close_case(case.id, "aborted", None):
                 continue
-            tx.delete_idat(case.id)
-            tx.set_task_status([t.id for t in tx.get_open_tasks(study.name, case=case.id)], "expired")
-            tx.add_tasks([Task(id=str(uuid.uuid4()), study=study.name, site=r["site"], kind=REPEAT_REQUEST,
-                               created=now, expires=now + study.task_ttl, case=case.id,
-                               details={"bloomfilter": r["bloomfilter"]})
-                          for r in case.candidates if r.get("requester")])
-        tx.expire_tasks(study.name, now)
+            store.delete_idat(case.id)
+            store.set_task_status([t.id for t in store.get_open_tasks(study.name, case=case.id)], "expired")
+            store.add_tasks([Task(id=str(uuid.uuid4()), study=study.name, site=r["site"], kind=REPEAT_REQUEST,
+                                  created=now, expires=now + study.task_ttl, case=case.id,
+                                  details={"bloomfilter": r["bloomfilter"]})
+                             for r in case.candidates if r.get("requester")])
+        store.expire_tasks(study.name, now)
 
     @staticmethod
-    def _close_tasks_for(tx: Transaction, study: Study, site: str, answered: list[str],
+    def _close_tasks_for(store: LinkageStore, study: Study, site: str, answered: list[str],
                          repeated: list[str]) -> None:
         """A `repeat_request` is done once the filter is sent again; a `dic_psn_available`
         once the site got the pseudonym in an answer."""
         if not repeated:
             return
         wanted = {PSN_AVAILABLE: set(answered), REPEAT_REQUEST: set(repeated)}
-        done = [t.id for t in tx.get_open_tasks(study.name, site=site)
+        done = [t.id for t in store.get_open_tasks(study.name, site=site)
                 if t.kind in wanted and _canonical(t.details.get("bloomfilter", "")) in wanted[t.kind]]
         if done:
-            tx.set_task_status(done, "done")
+            store.set_task_status(done, "done")
+
+
+@dataclass(eq=False)
+class _Intent:
+    """A filter of this request that goes to a clearing: its candidates, and the clearing it
+    joins (a running case, or the clearing of an earlier filter of this request)."""
+
+    query: Query
+    candidates: list[Candidate]
+    joins: "ClearingCase | _Intent | None"
+    case: ClearingCase | None = None
 
 
 class _PendingRecords:
-    """The records waiting in the study's open clearings, to compare new requests with."""
+    """The records waiting in clearings, to compare new requests with: those of the study's
+    open cases, and those this request sends to a clearing."""
 
     def __init__(self, cases: list[ClearingCase], study: Study) -> None:
         self._study = study
-        self._records: list[tuple[ClearingCase, dict, bytes]] = []
+        self._records: list[tuple[ClearingCase | _Intent, str, str, str, bytes]] = []  # case, site, version, canonical, data
         for case in cases:
-            self.add(case)
+            for requester in case.candidates:
+                if requester.get("requester") and requester["version"] in study.versions:
+                    data = bloom.decode_filter(requester["canonical"], study.versions[requester["version"]].length)
+                    self._records.append((case, requester["site"], requester["version"], requester["canonical"], data))
 
-    def add(self, case: ClearingCase) -> None:
-        known = {id(r) for c, r, _ in self._records if c is case}
-        for requester in case.candidates:
-            if requester.get("requester") and id(requester) not in known and requester["version"] in self._study.versions:
-                data = bloom.decode_filter(requester["canonical"], self._study.versions[requester["version"]].length)
-                self._records.append((case, requester, data))
+    def add(self, intent: _Intent, site: str, query: Query) -> None:
+        # A record joining a clearing belongs to that clearing's group.
+        group: ClearingCase | _Intent = intent
+        while isinstance(group, _Intent) and group.joins is not None:
+            group = group.joins
+        self._records.append((group, site, query.version, query.canonical, query.bloom_filter))
+        if group is not intent:
+            intent.joins = group
 
     def holds(self, site: str, canonical: str) -> bool:
         """Whether this very request of the site waits in a clearing."""
-        return any(r["site"] == site and r["canonical"] == canonical for _, r, _ in self._records)
+        return any(s == site and c == canonical for _, s, _, c, _ in self._records)
 
-    def most_similar(self, query: Query) -> tuple[ClearingCase | None, float]:
-        best: tuple[ClearingCase | None, float] = (None, 0.0)
-        for case, requester, data in self._records:
-            if requester["version"] == query.version:
+    def most_similar(self, query: Query) -> tuple[ClearingCase | _Intent | None, float]:
+        best: tuple[ClearingCase | _Intent | None, float] = (None, 0.0)
+        for group, _, version, _, data in self._records:
+            if version == query.version:
                 score = bloom.dice(query.bloom_filter, data)
                 if score > best[1]:
-                    best = (case, score)
+                    best = (group, score)
         return best
 
 
-def _holders(query: Query, owners: dict[int, tuple[int, str]]) -> dict[int, str]:
-    """For each candidate person, the site holding its filter most like the query."""
-    holders: dict[int, str] = {}
-    for bf, _ in query.candidates:  # best first
-        person, holder = owners.get(bf, (None, ""))
-        if person is not None:
-            holders.setdefault(person, holder)
-    return holders
+def _explained(comparison: Comparison, first: str, second: str) -> dict[str, Any]:
+    """A comparison for the audit: roles, verdict, weight and each field's agreement level."""
+    return {"records": f"{first}/{second}", "decision": comparison.decision.value,
+            "weight": round(comparison.weight, 1), "undecided": comparison.undecided,
+            "fields": explain(comparison)}
 
 
-def _rank_persons(query: Query, owners: dict[int, tuple[int, str]]) -> list[tuple[int, float]]:
-    """Candidate persons of a query with their best score, best first."""
-    best: dict[int, float] = {}
-    for bf, score in query.candidates:
-        if bf in owners:
-            person = owners[bf][0]
-            best[person] = max(best.get(person, 0.0), score)
-    return sorted(best.items(), key=lambda item: (-item[1], item[0]))
+def _person_order(person: Person) -> tuple[int, int]:
+    return (1, person.order) if isinstance(person, _NewPerson) else (0, person)
+
+
+def _search_limit(study: Study) -> int:
+    return study.candidates * 4
 
 
 def _canonical(text: str) -> str:
@@ -485,5 +575,3 @@ def _by_version(queries: list[Query]) -> dict[str, list[Query]]:
     for query in queries:
         grouped.setdefault(query.version, []).append(query)
     return grouped
-
-

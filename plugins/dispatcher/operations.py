@@ -12,14 +12,16 @@ from datetime import datetime
 from typing import Any
 
 from ttp_gateway.core import fhir
-from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated, NotFound
+from ttp_gateway.core.errors import Conflict, InvalidRequest, NotFound
 from ttp_gateway.core.gateway import Call
 from ttp_gateway.core.operations import Args, Operation, Param
 
 from . import bloom
 from .idat import IDAT_ELEMENTS_SYSTEM, idat_from_patient
-from .linkage import PSN_AVAILABLE, REPEAT_REQUEST, SEND_IDAT, Linker, Query
+from .linkage import PSN_AVAILABLE, REPEAT_REQUEST, SEND_IDAT, Linker, Query, idat_to_document
 from .patients import PatientLinker
+from .sealing import IdatDigest
+from .store import LINKAGE, Task
 from .studies import REQUIRED_ELEMENTS, Study, StudyRegistry
 
 ENDPOINT = "dispatcher"
@@ -60,15 +62,23 @@ def query(study: Study, text: str, version: str | None = None) -> Query:
     return found
 
 
+def _received(decided: bool) -> dict:
+    message = "Patient data received; clearing decided." if decided else "Patient data received."
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": fhir.informational(message, fhir.MSG_CREATED)}]}
+
+
 def _instant(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class DispatcherOperations:
-    def __init__(self, studies: StudyRegistry, linker: Linker, patients: PatientLinker) -> None:
+    def __init__(self, studies: StudyRegistry, linker: Linker, patients: PatientLinker,
+                 digest: IdatDigest) -> None:
         self.studies = studies
         self.linker = linker
         self.patients = patients
+        self.digest = digest
 
     # --- lookups ------------------------------------------------------------------------------
     def study(self, name: str) -> Study:
@@ -89,7 +99,9 @@ class DispatcherOperations:
         site = self._domain_of(study, call.args["target"], sites_only=True)
         queries = [query(study, *((item["bloomfilter"], item["version"]) if isinstance(item, Args) else (item,)))
                    for item in call.args["bloomfilter"]]
-        outcomes = self.linker.link(study, site, queries, call.now())
+        snapshot = self.linker.search(study, queries)
+        with call.writing() as unit:
+            outcomes = self.linker.link(unit, study, site, queries, snapshot, call.now())
         call.audit("request-psn-from-bf", study=study.name, site=site, items=len(queries),
                    pending=sum(1 for o in outcomes if o.pending))
         answer = []
@@ -109,8 +121,8 @@ class DispatcherOperations:
         site = self._domain_of(study, call.args["target"])
         now = call.now()
         self.linker.expire(study, now)
-        with call.repository.transaction() as tx:
-            tasks = [t for t in tx.get_open_tasks(study.name, site=site) if t.expires > now]
+        with call.reading() as unit:
+            tasks = [t for t in unit[LINKAGE].get_open_tasks(study.name, site=site) if t.expires > now]
         tasks.sort(key=lambda t: (TASK_ORDER.index(t.kind), t.created, t.id))
         call.audit("request-tasks", study=study.name, site=site, items=len(tasks))
         return fhir.parameters(self._task_parameter(study, t) for t in tasks)
@@ -135,29 +147,41 @@ class DispatcherOperations:
     # --- $providePatientData ------------------------------------------------------------------
     def provide_patient_data(self, call: Call) -> dict:
         task_id, site, now = call.args["taskId"], call.args["target"], call.now()
-        with call.repository.transaction() as tx:
-            task = tx.get_task(task_id)
-        if task is None or task.kind != SEND_IDAT:
+        with call.reading() as unit:
+            task = unit[LINKAGE].get_task(task_id)
+        # Unknown and another site's tasks get the same answer: a caller learns nothing of others.
+        if task is None or task.kind != SEND_IDAT or task.site != site \
+                or not call.client.may_use("studies", task.study):
             raise NotFound(f"task {task_id!r} is not known")
-        if not call.client.may_use("studies", task.study) or task.site != site:
-            raise NotAuthenticated(f"task {task_id!r} belongs to another site")
         study = self.study(task.study)
-        if task.status != "open" or task.expires <= now:
-            raise NotFound(f"task {task_id!r} is no longer open", issue_code="expired")
         requested = task.details["elements"]
         idat = idat_from_patient(call.args["patient"], requested,  # 422 when lacking or wrong
                                  optional=set(requested) - REQUIRED_ELEMENTS)
-        with call.repository.transaction(write=True) as tx:
-            tx.lock_study(study.name)
-            current = tx.get_task(task_id)
+        digest = self.digest.of(task.id, idat_to_document(idat))
+        if task.status == "done":
+            return self._answered_again(task, digest)
+        if task.status != "open" or task.expires <= now:
+            raise NotFound(f"task {task_id!r} is no longer open", issue_code="expired")
+        with call.writing() as unit:
+            store = unit[LINKAGE]
+            store.lock_study(study.name)
+            current = store.get_task(task_id)
+            if current is not None and current.status == "done":
+                return self._answered_again(current, digest)
             if current is None or current.status != "open":
                 raise NotFound(f"task {task_id!r} is no longer open", issue_code="expired")
-            decided = self.linker.provide(tx, study, current, idat, now)
+            outcome = self.linker.provide(unit, study, current, idat, digest, now)
         call.audit("provide-patient-data", study=study.name, site=site, task=task_id,
-                   decided=decided is not None)
-        message = "Patient data received; clearing decided." if decided else "Patient data received."
-        return {"resourceType": "Bundle", "type": "collection", "entry": [
-            {"resource": fhir.informational(message, fhir.MSG_CREATED)}]}
+                   decided=outcome.decided, comparisons=outcome.comparisons)
+        return _received(outcome.decided)
+
+    @staticmethod
+    def _answered_again(task: Task, digest: str) -> dict:
+        """A repeated answer to a task (a retry after a lost response): the same success for
+        the same data, a conflict for other data."""
+        if task.details.get("idat") != digest:
+            raise Conflict(f"task {task.id!r} was answered already, with other patient data")
+        return _received(bool(task.details.get("decided")))
 
     # --- $updateBf ----------------------------------------------------------------------------
     def update_bf(self, call: Call) -> dict:
@@ -171,12 +195,14 @@ class DispatcherOperations:
         except ValueError as error:
             raise InvalidRequest(f"parameter 'bloomfilter': {error}") from None
         pseudonym = call.args["pseudonym"]
-        with call.repository.transaction(write=True) as tx:
-            person = study.person_of(tx.get_originals(site, [pseudonym]).get(pseudonym))
+        domain = self.linker.pseudonyms.domain(site)
+        with call.writing() as unit:
+            person = study.person_of(self.linker.pseudonyms.originals(unit, domain, [pseudonym]).get(pseudonym))
             if person is None:
-                raise NotFound(f"pseudonym {pseudonym!r} is not known at {site!r} in study {study.name!r}")
-            tx.lock_study(study.name)
-            tx.replace_bloom_filters(study.name, person, site, version, data)
+                raise NotFound(f"the pseudonym is not known at {site!r} in study {study.name!r}")
+            store = unit[LINKAGE]
+            store.lock_study(study.name)
+            store.replace_bloom_filters(study.name, person, site, version, data)
         call.audit("update-bf", study=study.name, site=site, version=version)
         return fhir.informational("Bloomfilter updated.", fhir.MSG_UPDATED)
 
@@ -194,14 +220,15 @@ class DispatcherOperations:
                 raise InvalidRequest(f"event {event.name!r} does not lead from {source!r} to {target!r}")
             create = event.create
         originals = call.args["original"]
-        domain = self.linker.pseudonyms.domain(target)
-        with call.repository.transaction(write=create) as tx:
-            owners = tx.get_originals(source, originals)
+        psn = self.linker.pseudonyms
+        source_domain, domain = psn.domain(source), psn.domain(target)
+        with (call.writing() if create else call.reading()) as unit:
+            owners = psn.originals(unit, source_domain, originals)
             keys = {o: key for o in originals if study.person_of(key := owners.get(o)) is not None}
             if create:
-                found = self.linker.pseudonyms.get_or_create(tx, domain, sorted(set(keys.values())))
+                found = psn.get_or_create(unit, domain, sorted(set(keys.values())))
             else:
-                found = tx.get_pseudonyms(target, sorted(set(keys.values())))
+                found = psn.lookup(unit, domain, sorted(set(keys.values())))
         call.audit("request-psn-workflow", study=study.name, source=source, target=target, items=len(originals))
         answer = []
         for original in originals:

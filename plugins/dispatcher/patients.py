@@ -25,6 +25,7 @@ from ttp_gateway.core.operations import Result
 from . import bloom
 from .idat import ADMINISTRATIVE_GENDERS, normalise_name
 from .linkage import Linker
+from .store import LINKAGE, LinkageStore
 from .studies import Study, StudyRegistry
 
 KVID_SYSTEM = "http://fhir.de/sid/gkv/kvid-10"
@@ -66,32 +67,33 @@ class PatientLinker:
         keys = self._keys(patient)
         filters = self._filters(study, patient)
         read_only = all(count == 0 for _, count in contexts)
-        with call.repository.transaction(write=not read_only) as tx:
+        psn = self.linker.pseudonyms
+        with (call.reading() if read_only else call.writing()) as unit:
+            store = unit[LINKAGE]
             if not read_only:
-                tx.lock_study(study.name)
-            known = tx.find_persons(study.name, keys)
+                store.lock_study(study.name)
+            known = store.find_persons(study.name, keys)
             person = next((known[k] for k in keys if k in known), None)
             if person is None and filters:
-                person = self._by_filter(tx, study, filters)
+                person = self._by_filter(store, study, filters)
             if person is None and not read_only:
-                person = tx.create_persons(study.name, 1)[0]
+                person = store.create_persons(study.name, 1)[0]
             values: dict[str, list[str]] = {target: [] for target, _ in contexts}
             if person is not None and not read_only:
-                tx.add_person_keys(study.name, [(key, person) for key in keys])
-                tx.add_bloom_filters(study.name, [(person, SITE, version, data) for version, data in filters])
+                store.add_person_keys(study.name, [(key, person) for key in keys])
+                store.add_bloom_filters(study.name, [(person, SITE, version, data) for version, data in filters])
             if person is not None:
                 key = study.person_key(person)
                 for target, count in contexts:
-                    rows = tx.get_pseudonym_rows(target, [key]).get(key, [])
+                    held = psn.all_pseudonyms(unit, domains[target], [key]).get(key, [])
                     if count == 0:
-                        values[target] = [row.pseudonym for row in rows]
-                    elif count == 1 and not rows:
-                        values[target] = [self.linker.pseudonyms.get_or_create(tx, domains[target], [key])[key]]
+                        values[target] = held
+                    elif count == 1 and not held:
+                        values[target] = [psn.get_or_create(unit, domains[target], [key])[key]]
                     else:
-                        missing = count - len(rows)
-                        added = self.linker.pseudonyms.add_further(tx, domains[target], [(key, missing)]) \
-                            if missing > 0 else []
-                        values[target] = ([row.pseudonym for row in rows] + [p for _, p in added])[:count]
+                        missing = count - len(held)
+                        added = psn.add_further(unit, domains[target], [(key, missing)]) if missing > 0 else []
+                        values[target] = (held + [p for _, p in added])[:count]
         call.audit("pseudonymize-patient", study=study.name, domains=sorted(values),
                    created=person is not None and not read_only)
         return _answer(external_id, values)
@@ -129,12 +131,12 @@ class PatientLinker:
                 raise Unprocessable("a Bloom filter identifier of the Patient is not a valid filter") from None
         return found
 
-    def _by_filter(self, tx, study: Study, filters: list[tuple[str, bytes]]) -> int | None:
+    def _by_filter(self, store: LinkageStore, study: Study, filters: list[tuple[str, bytes]]) -> int | None:
         best: tuple[float, int] | None = None
         for version, data in filters:
-            index, _ = self.linker.indexes.synced(tx, study, version)
+            index, _ = self.linker.indexes.synced(study, version)
             for bf, score in index.search(data, study.match_threshold, limit=1):
-                owner = tx.get_bloom_filter_owners(study.name, [bf]).get(bf)
+                owner = store.get_bloom_filter_owners(study.name, [bf]).get(bf)
                 if owner is not None and (best is None or score > best[0]):
                     best = (score, owner[0])
         return best[1] if best else None

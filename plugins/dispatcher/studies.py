@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Mapping
 
-from ttp_gateway.backends.base import Repository, StudyRecord
+from ttp_gateway.backends.base import Repository
 from ttp_gateway.core.registry import StoredObjects
 
 from .idat import ELEMENT_ATTRIBUTES
+from .store import LINKAGE, StudyRecord
 
 DEFAULT_ELEMENTS = ("given", "family", "birthdate", "gender", "birthplace", "maidenname")
 # Sites send requested IDAT "as far as known"; a clearing cannot decide without these.
@@ -139,11 +140,12 @@ class StudyRegistry(StoredObjects[Study]):
         self._repository = repository
 
     def _load(self) -> dict[str, Study]:
-        with self._repository.transaction() as tx:
-            return {r.name: Study.from_settings(r.name, r.settings) for r in tx.get_studies()}
+        with self._repository.read() as unit:
+            records = unit[LINKAGE].get_studies()
+        return {r.name: Study.from_settings(r.name, r.settings) for r in records}
 
     def put(self, study: Study) -> bool:
-        with self._repository.transaction(write=True) as tx:
-            created = tx.put_study(StudyRecord(study.name, study.settings()))
+        created = self._repository.write(
+            lambda unit: unit[LINKAGE].put_study(StudyRecord(study.name, study.settings())))
         self.remember(study.name, study)
         return created

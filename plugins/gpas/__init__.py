@@ -23,27 +23,43 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ttp_gateway.backends.base import StoreRegistry
+from ttp_gateway.core.auth import ScopeKinds
 from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
 
+from .api import GPAS
 from .domains import Domain, DomainRegistry
 from .operations import GpasOperations
 from .service import PairOutcome, Pseudonymizer
+from .store import definition
 
 log = logging.getLogger("ttp_gateway.gpas")
-SERVICE = "gpas"
+
+
+@hookimpl
+def ttp_scope_kinds(kinds: ScopeKinds) -> None:
+    kinds.add("domains", "pseudonymisation domains (gPAS)")
+
+
+@hookimpl
+def ttp_stores(stores: StoreRegistry) -> None:
+    stores.add(definition())
+
+
+@hookimpl
+def ttp_setup(gateway) -> None:
+    gateway.provide(GPAS, Pseudonymizer(DomainRegistry(gateway.repository)))
 
 
 @hookimpl
 def ttp_operations(gateway) -> list:
-    pseudonymizer = Pseudonymizer(DomainRegistry(gateway.repository))
-    gateway.services[SERVICE] = pseudonymizer
-    return GpasOperations(pseudonymizer).declarations()
+    return GpasOperations(gateway.service(GPAS)).declarations()
 
 
 @hookimpl
 def ttp_startup(gateway) -> None:
-    pseudonymizer: Pseudonymizer = gateway.service(SERVICE)
+    pseudonymizer = gateway.service(GPAS)
     section = gateway.config.section("gpas")
     for settings in section.get("domains", []):
         domain = Domain.from_settings(settings["name"], settings)
@@ -52,13 +68,11 @@ def ttp_startup(gateway) -> None:
     for pair in section.get("pairs", []):
         pairs_by_domain.setdefault(pair["domain"], []).append((pair["original"], pair["pseudonym"]))
     for name, pairs in pairs_by_domain.items():
-        with gateway.repository.transaction(write=True) as tx:
-            outcomes = pseudonymizer.insert_pairs(tx, pseudonymizer.domain(name), pairs)
+        domain = pseudonymizer.domain(name)
+        outcomes = gateway.repository.write(lambda unit: pseudonymizer.insert_pairs(unit, domain, pairs))
         refused = sum(1 for o in outcomes if o not in (PairOutcome.CREATED, PairOutcome.EXISTS))
         if refused:
             log.warning("configured pairs not stored", extra={"domain": name, "refused": refused})
-
-
 @hookimpl
 def ttp_check_config(config: Config) -> list[str]:
     section = config.section("gpas")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .api import GPAS
 from .domains import DEFAULTS, Domain
 
 
@@ -32,16 +33,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def list_domains(args: argparse.Namespace, gateway) -> int:
-    for domain in gateway.service("gpas").domains.all():
+    stored = {domain.name: domain for domain in gateway.service(GPAS).domains.all()}
+    # Configured domains reach the store when the service starts; until then they are shown marked.
+    configured = {settings["name"]: Domain.from_settings(settings["name"], settings)
+                  for settings in gateway.config.section("gpas").get("domains", [])}
+    for name in sorted(stored.keys() | configured.keys()):
+        domain = stored.get(name) or configured[name]
         f = domain.format
         flags = [flag for flag, on in (("multi-psn", domain.multi_psn), ("deletable", domain.deletable)) if on]
+        if name not in stored:
+            flags.append("(configured; stored when the service starts)")
         print(f"{domain.name:<24} {f.alphabet} x{f.length} {f.check_digits} "
               f"prefix={f.prefix!r} suffix={f.suffix!r} {' '.join(flags)}".rstrip())
     return 0
 
 
 def create_domain(args: argparse.Namespace, gateway) -> int:
-    registry = gateway.service("gpas").domains
+    registry = gateway.service(GPAS).domains
     if registry.get(args.name) is not None:
         print(f"error: domain {args.name!r} exists already", file=sys.stderr)
         return 1

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ttp_gateway.backends.base import DomainRecord, Repository
+from ttp_gateway.backends.base import Repository
 from ttp_gateway.core.registry import StoredObjects
 
 from .pseudonyms import PseudonymFormat
+from .store import PSEUDONYMS, DomainRecord
 
 FORMAT_SETTINGS = ("alphabet", "generator", "length", "prefix", "suffix", "include_prefix",
                    "include_suffix", "delimiter", "delimiter_every")
@@ -74,12 +75,12 @@ class DomainRegistry(StoredObjects[Domain]):
         self._repository = repository
 
     def _load(self) -> dict[str, Domain]:
-        with self._repository.transaction() as tx:
-            return {r.name: Domain.from_settings(r.name, r.settings, r.description) for r in tx.get_domains()}
+        with self._repository.read() as unit:
+            records = unit[PSEUDONYMS].get_domains()
+        return {r.name: Domain.from_settings(r.name, r.settings, r.description) for r in records}
 
     def put(self, domain: Domain) -> bool:
         """Store a domain (create or replace its settings); True if it is new."""
-        with self._repository.transaction(write=True) as tx:
-            created = tx.put_domain(domain.record())
+        created = self._repository.write(lambda unit: unit[PSEUDONYMS].put_domain(domain.record()))
         self.remember(domain.name, domain)
         return created

@@ -51,8 +51,8 @@ class GpasOperations:
     def pseudonymize(self, call: Call) -> dict:
         domain = self.psn.domain(call.args["target"])
         originals = call.args["original"]
-        with call.repository.transaction() as tx:
-            found = tx.get_pseudonyms(domain.name, originals)
+        with call.reading() as unit:
+            found = self.psn.lookup(unit, domain, originals)
         call.audit("pseudonymize", domain=domain.name, items=len(originals))
         return self._pseudonym_answer(domain.name, originals, found)
 
@@ -60,16 +60,16 @@ class GpasOperations:
         domain = self.psn.domain(call.args["target"])
         originals = call.args["original"]
         valid = [o for o in originals if o]
-        with call.repository.transaction(write=True) as tx:
-            found = self.psn.get_or_create(tx, domain, valid)
+        with call.writing() as unit:
+            found = self.psn.get_or_create(unit, domain, valid)
         call.audit("pseudonymize-allow-create", domain=domain.name, items=len(originals))
         return self._pseudonym_answer(domain.name, originals, found, missing=INVALID)
 
     def de_pseudonymize(self, call: Call) -> dict:
         domain = self.psn.domain(call.args["target"])
         pseudonyms = call.args["pseudonym"]
-        with call.repository.transaction() as tx:
-            owners = tx.get_originals(domain.name, pseudonyms)
+        with call.reading() as unit:
+            owners = self.psn.originals(unit, domain, pseudonyms)
         call.audit("de-pseudonymize", domain=domain.name, items=len(pseudonyms), pseudonyms=pseudonyms)
         answer = []
         for pseudonym in pseudonyms:
@@ -90,7 +90,7 @@ class GpasOperations:
             by_domain.setdefault(item["target"], []).append(index)
         created: dict[int, list[str]] = {}
         errors: dict[int, dict] = {}
-        with call.repository.transaction(write=True) as tx:
+        with call.writing() as unit:
             for name, indexes in by_domain.items():
                 domain = self.psn.domains.get(name)
                 if domain is None or not domain.multi_psn:
@@ -104,7 +104,7 @@ class GpasOperations:
                         errors[index] = INVALID
                     else:
                         wanted.append(index)
-                handed = self.psn.add_further(tx, domain, [(items[i]["value"], items[i]["count"])
+                handed = self.psn.add_further(unit, domain, [(items[i]["value"], items[i]["count"])
                                                            for i in wanted])
                 position = 0
                 for index in wanted:
@@ -130,16 +130,16 @@ class GpasOperations:
         if not domain.deletable:
             raise NotAllowed(f"domain {domain.name!r} does not allow deleting pseudonyms")
         originals = call.args["original"]
-        with call.repository.transaction(write=True) as tx:
-            deleted = tx.delete_originals(domain.name, sorted(set(originals)))
+        with call.writing() as unit:
+            deleted = self.psn.delete(unit, domain, originals)
         call.audit("delete-pseudonyms", domain=domain.name, items=len(originals), deleted=len(deleted))
         return self._status_answer(domain.name, originals, deleted, fhir.MSG_DELETED)
 
     def anonymize_originals(self, call: Call) -> dict:
         domain = self.psn.domain(call.args["target"])
         originals = call.args["original"]
-        with call.repository.transaction(write=True) as tx:
-            anonymised = tx.anonymize_originals(domain.name, sorted(set(originals)))
+        with call.writing() as unit:
+            anonymised = self.psn.anonymize(unit, domain, originals)
         call.audit("anonymize-originals", domain=domain.name, items=len(originals),
                    anonymised=len(anonymised))
         return self._status_answer(domain.name, originals, anonymised, fhir.MSG_UPDATED)
@@ -150,14 +150,14 @@ class GpasOperations:
         by_domain: dict[str, list[int]] = {}
         for index, item in enumerate(items):
             by_domain.setdefault(item["target"], []).append(index)
-        with call.repository.transaction(write=True) as tx:
+        with call.writing() as unit:
             for name, indexes in by_domain.items():
                 domain = self.psn.domains.get(name)
                 if domain is None:
                     outcomes.update((i, None) for i in indexes)
                     continue
                 pairs = [(items[i]["original"], items[i]["value"]) for i in indexes]
-                outcomes.update(zip(indexes, self.psn.insert_pairs(tx, domain, pairs)))
+                outcomes.update(zip(indexes, self.psn.insert_pairs(unit, domain, pairs)))
         call.audit("insert-value-pseudonym-pairs", domains=sorted(by_domain), items=len(items),
                    created=sum(1 for o in outcomes.values() if o is PairOutcome.CREATED))
         answer = []
@@ -244,7 +244,7 @@ class GpasOperations:
                      parameters=(Param("original", None, 1, "*", "one request", parts=(
                          _target("multi-psn domain"),
                          Param("value", "string", 1, 1, "the original value"),
-                         Param("count", "integer", 1, 1, "how many pseudonyms to create"))),),
+                         Param("count", "integer", 1, 1, "how many pseudonyms to create", creates=True))),),
                      returns=(Param("secondarypseudonym", None, 1, "*", "one new pseudonym", parts=(
                          Param("target", "Identifier", 1, 1), Param("original", "Identifier", 1, 1),
                          Param("value", "Identifier", 1, 1), Param("result-code", "Coding", 0, 1))),

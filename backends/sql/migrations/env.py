@@ -1,10 +1,10 @@
-"""Alembic environment: migrations run on the connection the repository hands over."""
+"""Alembic environment: one store's migrations, run on the connection the repository hands over
+and recorded in the store's own version table."""
 
 from alembic import context
 
-from ttp_gateway.backends.sql.schema import metadata
-
-connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+attributes = context.config.attributes
+context.configure(connection=attributes["connection"], target_metadata=None, render_as_batch=True,
+                  version_table=attributes["version_table"])
 with context.begin_transaction():
     context.run_migrations()

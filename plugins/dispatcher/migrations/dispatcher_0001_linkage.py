@@ -1,15 +1,15 @@
-"""Studies, persons, Bloom filters, clearing cases, tasks and transient identifying data.
+"""Dispatcher: studies, persons, Bloom filters, identifier keys, clearing cases, tasks and sealed
+identifying data.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: dispatcher_0001
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
+revision = "dispatcher_0001"
+down_revision = None
+branch_labels = ("dispatcher",)
 depends_on = None
 
 ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
@@ -17,36 +17,36 @@ ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")  # SQLite autoincrements
 
 def upgrade() -> None:
     op.create_table(
-        "study",
+        "dispatcher_study",
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("settings", sa.JSON, nullable=False),
         sa.Column("change_sequence", sa.BigInteger, nullable=False, server_default="0"),
     )
     op.create_table(
-        "person",
+        "dispatcher_person",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
-        sa.Column("study", sa.String(255), sa.ForeignKey("study.name"), nullable=False),
+        sa.Column("study", sa.String(255), sa.ForeignKey("dispatcher_study.name"), nullable=False),
     )
     op.create_table(
-        "bloom_filter",
+        "dispatcher_bloom_filter",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
         sa.Column("study", sa.String(255), nullable=False),
         sa.Column("version", sa.String(64), nullable=False),
-        sa.Column("person", sa.BigInteger, sa.ForeignKey("person.id"), nullable=False),
+        sa.Column("person", sa.BigInteger, sa.ForeignKey("dispatcher_person.id"), nullable=False),
         sa.Column("site", sa.String(255), nullable=False),
         sa.Column("bloom_filter", sa.LargeBinary, nullable=True),
         sa.Column("sequence", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_bloom_filter_changes", "bloom_filter", ["study", "version", "sequence"])
-    op.create_index("ix_bloom_filter_person", "bloom_filter", ["person", "site", "version"])
+    op.create_index("ix_dispatcher_bloom_filter_changes", "dispatcher_bloom_filter", ["study", "version", "sequence"])
+    op.create_index("ix_dispatcher_bloom_filter_person", "dispatcher_bloom_filter", ["person", "site", "version"])
     op.create_table(
-        "person_key",
+        "dispatcher_person_key",
         sa.Column("study", sa.String(255), primary_key=True),
         sa.Column("key", sa.String(128), primary_key=True),
-        sa.Column("person", sa.BigInteger, sa.ForeignKey("person.id"), nullable=False),
+        sa.Column("person", sa.BigInteger, sa.ForeignKey("dispatcher_person.id"), nullable=False),
     )
     op.create_table(
-        "clearing_case",
+        "dispatcher_case",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("study", sa.String(255), nullable=False),
         sa.Column("site", sa.String(255), nullable=False),
@@ -58,10 +58,9 @@ def upgrade() -> None:
         sa.Column("created", sa.BigInteger, nullable=False),
         sa.Column("expires", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_clearing_case_open", "clearing_case", ["study", "status", "expires"])
-    op.create_index("ix_clearing_case_site", "clearing_case", ["study", "site", "status"])
+    op.create_index("ix_dispatcher_case_open", "dispatcher_case", ["study", "status", "expires"])
     op.create_table(
-        "task",
+        "dispatcher_task",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("study", sa.String(255), nullable=False),
         sa.Column("site", sa.String(255), nullable=False),
@@ -72,19 +71,20 @@ def upgrade() -> None:
         sa.Column("created", sa.BigInteger, nullable=False),
         sa.Column("expires", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_task_site", "task", ["study", "site", "status"])
-    op.create_index("ix_task_due", "task", ["study", "status", "expires"])
-    op.create_index("ix_task_case", "task", ["case_id"])
+    op.create_index("ix_dispatcher_task_site", "dispatcher_task", ["study", "site", "status"])
+    op.create_index("ix_dispatcher_task_due", "dispatcher_task", ["study", "status", "expires"])
+    op.create_index("ix_dispatcher_task_case", "dispatcher_task", ["case_id"])
     op.create_table(
-        "idat",
+        "dispatcher_idat",
         sa.Column("task_id", sa.String(64), primary_key=True),
         sa.Column("case_id", sa.String(64), nullable=False),
         sa.Column("site", sa.String(255), nullable=False),
-        sa.Column("data", sa.Text, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
     )
-    op.create_index("ix_idat_case_id", "idat", ["case_id"])
+    op.create_index("ix_dispatcher_idat_case", "dispatcher_idat", ["case_id"])
 
 
 def downgrade() -> None:
-    for table in ("idat", "task", "clearing_case", "person_key", "bloom_filter", "person", "study"):
+    for table in ("dispatcher_idat", "dispatcher_task", "dispatcher_case", "dispatcher_person_key",
+                  "dispatcher_bloom_filter", "dispatcher_person", "dispatcher_study"):
         op.drop_table(table)

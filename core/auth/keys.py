@@ -1,4 +1,4 @@
-"""API keys and what each may do.
+"""API keys.
 
 A key is known by the SHA-256 digest of its secret only, whether it comes from the configuration
 (`key` or `key_sha256`) or from storage (created with `ttp-gateway keys create`). A presented
@@ -7,9 +7,6 @@ the existence of a match shows in the timing. A key that matched is then remembe
 table so that its next requests skip the digest; that table is found by Python's randomly keyed
 string hash and holds only keys already presented successfully. Keys never reach logs; the
 key's *name* does.
-
-A key's scope lists the endpoints and operations it may call and, per scope kind ("domains",
-"studies"), the values it may name; "*" allows all.
 """
 
 from __future__ import annotations
@@ -19,13 +16,11 @@ import hmac
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from .errors import NotAuthenticated
-
-WILDCARD = "*"
-SCOPE_KINDS = ("domains", "studies")
+from ..errors import NotAuthenticated
+from .scopes import ANONYMOUS, Client, client_from_settings
 
 
 def digest(secret: str) -> str:
@@ -37,27 +32,6 @@ def new_secret() -> str:
 
 
 @dataclass(frozen=True)
-class Client:
-    """The caller of a request, as its API key describes it."""
-
-    name: str
-    endpoints: frozenset[str] = frozenset({WILDCARD})
-    operations: frozenset[str] = frozenset({WILDCARD})
-    scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-    def may_call(self, endpoint: str, operation: str) -> bool:
-        return (_allows(self.endpoints, endpoint)
-                and (_allows(self.operations, operation)
-                     or _allows(self.operations, f"{endpoint}/{operation}")))
-
-    def may_use(self, scope: str, value: str) -> bool:
-        return _allows(self.scopes.get(scope, frozenset({WILDCARD})), value)
-
-
-ANONYMOUS = Client(name="anonymous")
-
-
-@dataclass(frozen=True)
 class ApiKey:
     client: Client
     sha256: str  # hex digest of the secret
@@ -66,13 +40,7 @@ class ApiKey:
 def api_key_from_settings(settings: Mapping) -> ApiKey:
     """An ApiKey from a `[[auth.api_keys]]` table or a stored record of the same shape."""
     sha = settings.get("key_sha256") or digest(settings["key"])
-    client = Client(
-        name=settings["name"],
-        endpoints=frozenset(settings.get("endpoints", [WILDCARD])),
-        operations=frozenset(settings.get("operations", [WILDCARD])),
-        scopes={kind: frozenset(settings.get(kind, [WILDCARD])) for kind in SCOPE_KINDS},
-    )
-    return ApiKey(client=client, sha256=sha.lower())
+    return ApiKey(client=client_from_settings(settings["name"], settings), sha256=sha.lower())
 
 
 class KeyRing:
@@ -131,6 +99,3 @@ class KeyRing:
                 found = key.client  # no early exit: the loop takes as long for every key
         return found
 
-
-def _allows(allowed: frozenset[str], value: str) -> bool:
-    return WILDCARD in allowed or value in allowed

@@ -1,0 +1,232 @@
+"""Running a handler so that a request that fails writes nothing.
+
+The answer is complete before anything is committed: the handler runs, its answer is encoded in
+the negotiated format and checked against the size limit, and only then is the request's write
+unit committed and its audit records written. A failure at any of these stages — a handler's
+error, an answer the format cannot hold, an answer too large — rolls the unit back. When the store
+was busy (a deadlock, a write conflict) the whole request runs again from the start.
+
+A batch Bundle runs in one unit with a savepoint per entry: entries fail alone, and the batch
+costs one commit. On stores without savepoints (MongoDB) a failed entry makes the batch run again
+without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from ttp_gateway.backends.base import Busy, Repository, StorageError, WriteUnit, backoff
+
+from . import codec, fhir
+from .errors import FhirError, PayloadTooLarge
+from .gateway import Call, RequestWork
+from .operations import Operation, Result
+
+log = logging.getLogger("ttp_gateway.request")
+ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content: bytes
+    items: int
+
+
+class _JoinedWork(RequestWork):
+    """A call's share of a unit that its owner (the batch) commits."""
+
+    def __init__(self, unit: WriteUnit) -> None:
+        self.unit = unit
+
+    def begin(self) -> WriteUnit:
+        assert self.unit is not None
+        return self.unit
+
+    def commit(self) -> None:
+        return None
+
+    def rollback(self) -> None:
+        return None
+
+
+class Executor:
+    def __init__(self, repository: Repository, max_answer_bytes: int) -> None:
+        self._repository = repository
+        self._max_answer = max_answer_bytes
+
+    def run(self, op: Operation, call: Call, fmt: codec.Format) -> Answer:
+        for attempt in range(ATTEMPTS):
+            work = call.work = RequestWork(self._repository)
+            call.audits.clear()
+            try:
+                result = op.handler(call)
+                status, resource = _single_answer(result)
+                content = self._encoded(resource, fmt)
+                if status < 400:
+                    work.commit()
+                    call.flush_audits()
+                else:
+                    work.rollback()
+                return Answer(status, content, count_items(call))
+            except Busy:
+                work.rollback()
+                if attempt == ATTEMPTS - 1:
+                    raise
+                backoff(attempt)
+            except BaseException:
+                work.rollback()
+                raise
+        raise AssertionError("unreachable")
+
+    def run_batch(self, op: Operation, calls: list[Call | FhirError], fmt: codec.Format) -> Answer:
+        """A `batch` Bundle: each entry one call, answered in a `batch-response` entry."""
+        excluded: dict[int, dict[str, Any]] = {}  # entries dropped from a unit without savepoints
+        attempt = 0
+        while True:
+            unit = self._repository.begin() if op.affects_state else None
+            try:
+                answers, restart = self._entries(op, calls, unit, excluded)
+                if restart:
+                    if unit is not None:
+                        unit.rollback()
+                    continue
+                bundle = {"resourceType": "Bundle", "type": "batch-response", "entry": answers}
+                content = self._encoded(bundle, fmt)
+                if unit is not None:
+                    unit.commit()
+                for index, call in enumerate(calls):
+                    if isinstance(call, Call) and index not in excluded and _succeeded(answers[index]):
+                        call.flush_audits()
+                items = sum(count_items(c) for c in calls if isinstance(c, Call))
+                return Answer(200, content, items)
+            except Busy:
+                if unit is not None:
+                    unit.rollback()
+                attempt += 1
+                if attempt == ATTEMPTS:
+                    raise
+                backoff(attempt)
+            except BaseException:
+                if unit is not None:
+                    unit.rollback()
+                raise
+
+    def _entries(self, op: Operation, calls: list[Call | FhirError], unit: WriteUnit | None,
+                 excluded: dict[int, dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+        answers: list[dict[str, Any]] = []
+        for index, call in enumerate(calls):
+            if index in excluded:
+                answers.append(excluded[index])
+                continue
+            if isinstance(call, FhirError):
+                answers.append(_error_entry(call.status, outcome_of(call)))
+                continue
+            call.work = _JoinedWork(unit) if unit is not None else RequestWork(self._repository)
+            call.audits.clear()
+            try:
+                with unit.savepoint() if unit is not None else nullcontext():
+                    status, resource, outcome = _entry_answer(op.handler(call))
+                    if status >= 400:
+                        raise _EntryFailed(status, resource, outcome)
+                answers.append(_entry(status, resource, outcome))
+                continue
+            except _EntryFailed as failed:
+                entry = _entry(failed.status, failed.resource, failed.outcome)
+            except FhirError as error:
+                entry = _error_entry(error.status, outcome_of(error))
+            except Busy:
+                raise
+            except StorageError as error:
+                status, outcome = storage_failure(error)
+                entry = _error_entry(status, outcome)
+            except Exception:  # noqa: BLE001 - one entry's bug must not fail the others
+                status, outcome = internal_error("batch entry", op)
+                entry = _error_entry(status, outcome)
+            if unit is not None and not self._repository.savepoints:
+                # The entry may have written before it failed, and nothing can undo just that part.
+                excluded[index] = entry
+                return answers, True
+            answers.append(entry)
+        return answers, False
+
+    def _encoded(self, resource: dict[str, Any], fmt: codec.Format) -> bytes:
+        content = codec.encode(resource, fmt)
+        if len(content) > self._max_answer:
+            raise PayloadTooLarge(f"the answer would exceed {self._max_answer} bytes; send fewer items "
+                                  "per request")
+        return content
+
+
+class _EntryFailed(Exception):
+    def __init__(self, status: int, resource: dict | None, outcome: dict | None) -> None:
+        super().__init__(status)
+        self.status, self.resource, self.outcome = status, resource, outcome
+
+
+def _single_answer(result: Any) -> tuple[int, dict[str, Any]]:
+    if isinstance(result, Result):
+        if result.status >= 400 and result.outcome is not None:
+            return result.status, result.outcome  # a failed call answers with its outcome
+        return result.status, result.resource
+    return 200, result
+
+
+def _entry_answer(result: Any) -> tuple[int, dict | None, dict | None]:
+    if isinstance(result, Result):
+        return result.status, result.resource, result.outcome
+    return 200, result, None
+
+
+def _entry(status: int, resource: dict | None, outcome: dict | None) -> dict[str, Any]:
+    if outcome is None:
+        outcome = fhir.informational("Operation completed successfully.") if status < 400 else \
+            fhir.operation_outcome("error", "processing", "the entry failed")
+    entry: dict[str, Any] = {"response": {"status": str(status), "outcome": outcome}}
+    if resource is not None:
+        entry["resource"] = resource
+    return entry
+
+
+def _error_entry(status: int, outcome: dict[str, Any]) -> dict[str, Any]:
+    return {"response": {"status": str(status), "outcome": outcome}}
+
+
+def _succeeded(entry: dict[str, Any]) -> bool:
+    return entry["response"]["status"].startswith("2")
+
+
+def outcome_of(error: FhirError) -> dict[str, Any]:
+    severity = "error" if error.status < 500 else "fatal"
+    return fhir.operation_outcome(severity, error.issue_code, error.diagnostics, error.details)
+
+
+def storage_failure(error: StorageError) -> tuple[int, dict[str, Any]]:
+    """Status and outcome for a storage error; one meaning, one status, on every backend."""
+    from ttp_gateway.backends import base
+
+    if isinstance(error, base.NotFound):
+        return 404, fhir.operation_outcome("error", "not-found", str(error))
+    if isinstance(error, base.Conflict):
+        return 409, fhir.operation_outcome("error", "conflict", "the request conflicts with stored data")
+    if isinstance(error, base.Unavailable):
+        log.error("storage unavailable", extra={"error": type(error).__name__, "detail": str(error)})
+        return 503, fhir.operation_outcome("error", "transient", "storage is unavailable; try again later")
+    return internal_error("storage", None, error)
+
+
+def internal_error(where: str, op: Operation | None, error: BaseException | None = None) -> tuple[int, dict[str, Any]]:
+    """A bug: 500 with an error id that the log line carries too (its type and place, no values)."""
+    error_id = uuid.uuid4().hex[:16]
+    log.error("internal error", exc_info=error if error is not None else True, extra={
+        "error_id": error_id, "where": where, "operation": op.name if op else None})
+    return 500, fhir.operation_outcome("fatal", "exception", f"internal error (error id {error_id})")
+
+
+def count_items(call: Call) -> int:
+    """The size of a call, for metrics: the longest repeating parameter."""
+    return max((len(v) for v in call.args.values() if isinstance(v, list)), default=1)
