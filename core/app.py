@@ -2,6 +2,7 @@
 a plugin declared, with formats, authentication, binding and errors handled here once.
 
     POST {base}/{endpoint}/${operation}           an operation (Parameters, or a batch Bundle)
+    GET  {base}/{endpoint}/${operation}?name=value  an operation that allows GET (query parameters)
     GET  {base}/{endpoint}/metadata               CapabilityStatement
     GET  {base}/{endpoint}/OperationDefinition/{id}
     GET  /healthz   /readyz   /metrics
@@ -15,7 +16,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 from starlette.applications import Starlette
@@ -65,7 +66,8 @@ class GatewayApp:
                                                                            base_url, published)
         self.starlette = Starlette(
             routes=[
-                Route(self.base_path + "/{endpoint}/${operation}", _AsgiEndpoint(self.invoke), methods=["POST"]),
+                Route(self.base_path + "/{endpoint}/${operation}", _AsgiEndpoint(self.invoke),
+                      methods=["POST", "GET"]),
                 Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
                 Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition,
                       methods=["GET"]),
@@ -86,7 +88,10 @@ class GatewayApp:
         endpoint = scope["path_params"]["endpoint"]
         name = scope["path_params"]["operation"]
         headers = _headers(scope)
-        out_format, media_type = codec.response_media_type(_format_parameter(scope), headers.get("accept"))
+        declared_format = codec.declared_format(headers.get("content-type"))
+        out_format, media_type = codec.response_media_type(_format_parameter(scope), headers.get("accept"),
+                                                           declared_format)
+        via_get = scope["method"] in ("GET", "HEAD")
         op = self.operations.lookup(endpoint, name)
         client: Client | None = None
         items = 0
@@ -94,9 +99,18 @@ class GatewayApp:
             if op is None:
                 raise NotFound(f"operation ${name} is not provided at endpoint {endpoint!r}",
                                issue_code="not-supported")
-            body = await self._read_body(receive, headers.get("content-length"))
-            in_format, charset = codec.request_format(headers.get("content-type"), body)
-            resource = codec.decode(body, in_format, charset)
+            if via_get:
+                if not op.allows_get(name):
+                    raise FhirError(f"${name} changes state: use POST", status=405,
+                                    issue_code="not-supported")
+                body, resource = b"", _query_parameters(scope)
+            else:
+                body = await self._read_body(receive, headers.get("content-length"))
+                in_format, charset = codec.request_format(headers.get("content-type"), body)
+                if declared_format is None:  # no Content-Type: answer in the body's format
+                    out_format, media_type = codec.response_media_type(
+                        _format_parameter(scope), headers.get("accept"), in_format)
+                resource = codec.decode(body, in_format, charset)
             client = self.keys.authenticate(self._presented_key(headers, resource))
             if not client.may_call(endpoint, op.name):
                 raise NotAuthenticated(f"this API key may not call ${op.name} at {endpoint!r}")
@@ -104,7 +118,8 @@ class GatewayApp:
                 status, answer, items = await self._invoke_batch(op, resource, client)
             else:
                 inline = op.quick_read and not self._reads_block and len(body) <= INLINE_BODY
-                status, answer, items = await self._invoke_one(op, resource, client, inline)
+                status, answer, items = await self._invoke_one(op, resource, client, inline, name,
+                                                               "GET" if via_get else "POST")
         except FhirError as error:
             status, answer = error.status, _outcome_of(error)
         except StorageError as error:
@@ -126,9 +141,9 @@ class GatewayApp:
                                 (b"content-length", str(len(content)).encode())]})
         await send({"type": "http.response.body", "body": content})
 
-    async def _invoke_one(self, op: Operation, resource: dict, client: Client,
-                          inline: bool) -> tuple[int, dict, int]:
-        call = self._bind(op, resource, client)
+    async def _invoke_one(self, op: Operation, resource: dict, client: Client, inline: bool,
+                          invoked_as: str, http_method: str) -> tuple[int, dict, int]:
+        call = self._bind(op, resource, client, invoked_as, http_method)
         # A small read on an embedded store takes less time than the hop to a worker thread.
         result = op.handler(call) if inline else await run_in_threadpool(op.handler, call)
         items = _count_items(call)
@@ -158,14 +173,15 @@ class GatewayApp:
         items = sum(_count_items(c) for c in calls if isinstance(c, Call))
         return 200, {"resourceType": "Bundle", "type": "batch-response", "entry": answers}, items
 
-    def _bind(self, op: Operation, resource: dict, client: Client) -> Call:
+    def _bind(self, op: Operation, resource: dict, client: Client, invoked_as: str = "",
+              http_method: str = "POST") -> Call:
         if resource.get("resourceType") != "Parameters":
             raise InvalidRequest(f"${op.name} expects a Parameters resource")
         args = bind(op.parameters, resource.get("parameter", []))
         for scope, value in scoped_values(op.parameters, args):
             if not client.may_use(scope, value):
                 raise NotAuthenticated(f"this API key may not use {scope[:-1]} {value!r}")
-        return Call(self.gateway, op, args, client)
+        return Call(self.gateway, op, args, client, invoked_as or op.name, http_method)
 
     @staticmethod
     def _presented_key(headers: dict[str, str], resource: dict) -> str | None:
@@ -200,6 +216,9 @@ class GatewayApp:
         statement = self._capabilities.get(request.path_params["endpoint"])
         if statement is None:
             return self._answer(request, 404, _outcome_of(NotFound("unknown endpoint")))
+        elements = [e for value in request.query_params.getlist("_elements") for e in value.split(",")]
+        if any(e.strip() for e in elements):
+            statement = capability.elements_subset(statement, elements)
         return self._answer(request, 200, statement)
 
     async def definition(self, request: Request) -> Response:
@@ -213,8 +232,9 @@ class GatewayApp:
 
     @staticmethod
     def _answer(request: Request, status: int, resource: dict) -> Response:
-        fmt, media_type = codec.response_media_type(_format_parameter(request.scope),
-                                                    request.headers.get("accept"))
+        fmt, media_type = codec.response_media_type(
+            _format_parameter(request.scope), request.headers.get("accept"),
+            codec.declared_format(request.headers.get("content-type")))
         return Response(codec.encode(resource, fmt), status_code=status, media_type=media_type)
 
     # --- operations of the service itself ----------------------------------------------------
@@ -301,6 +321,16 @@ def _format_parameter(scope: dict) -> str | None:
         return None
     values = parse_qs(query.decode("latin-1")).get("_format")
     return values[0] if values else None
+
+
+def _query_parameters(scope: dict) -> dict:
+    """A GET invocation's query string as the Parameters it stands for: each parameter a
+    valueString (the binder reads integers and codes from strings); `_format` and the other
+    control parameters are not the operation's."""
+    query = scope["query_string"].decode("latin-1")
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": name, "valueString": value} for name, value in parse_qsl(query, keep_blank_values=True)
+        if not name.startswith("_")]}
 
 
 def _pop_body_key(resource: dict) -> str | None:

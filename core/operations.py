@@ -44,6 +44,7 @@ class Param:
     doc: str = ""
     parts: tuple["Param", ...] = ()
     scope: str | None = None
+    aliases: tuple[str, ...] = ()
     reader: Callable[[dict, str], Any] = field(init=False, repr=False, compare=False)
     scoped: bool = field(init=False, repr=False, compare=False)  # a scope here or in a part
 
@@ -67,6 +68,10 @@ class Operation:
     `handler` receives a `core.gateway.Call` and returns a FHIR resource as a dict, or a
     `Result` when the status is not 200. With `batch=True` the operation also accepts a `batch`
     Bundle whose entries each carry one Parameters; the core answers a `batch-response`.
+
+    An operation that does not affect state may also be invoked with GET, its parameters in the
+    query string, as FHIR allows; `legacy_get` names aliases under which older versions served
+    it with GET although it does (gPAS before 1.10.2: `$pseudonymize-allow-create`).
     """
 
     endpoint: str
@@ -84,6 +89,10 @@ class Operation:
     # A read that never writes nor waits for a lock: small requests of it may run on the event
     # loop itself when the store's reads never block (SQLite), sparing the hop to a thread.
     quick_read: bool = False
+    legacy_get: tuple[str, ...] = ()
+
+    def allows_get(self, invoked_as: str) -> bool:
+        return not self.affects_state or invoked_as in self.legacy_get
 
     @property
     def definition_id(self) -> str:
@@ -113,9 +122,10 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
         raise InvalidRequest(f"'{path or 'parameter'}' must be an array")
     entry = _declared.get(id(parameters))
     if entry is None or entry[0] is not parameters:
-        entry = _declared[id(parameters)] = (parameters, {p.name: p for p in parameters})
+        entry = _declared[id(parameters)] = (
+            parameters, {name: p for p in parameters for name in (p.name, *p.aliases)})
     declared = entry[1]
-    collected: dict[str, list] = {name: [] for name in declared}
+    collected: dict[str, list] = {param.name: [] for param in parameters}
     for item in given:
         if not isinstance(item, dict):
             raise InvalidRequest(f"every entry of '{path or 'parameter'}' must be an object")
@@ -125,7 +135,7 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "") -> Args:
             if not isinstance(name, str):
                 raise InvalidRequest(f"an entry of '{path or 'parameter'}' has no name")
             continue
-        collected[name].append(param.reader(item, path + name))
+        collected[param.name].append(param.reader(item, path + name))
     args = Args()
     for param in parameters:
         values = collected[param.name]
