@@ -3,6 +3,7 @@
 Configuration:
 
     [gpas]
+    identifier_system = "https://ths-greifswald.de/gpas"   # Identifier.system of every answer
     [[gpas.domains]]              # created or updated in storage at start-up
     name = "MIRACUM"
     alphabet = "Symbol32"         # Numbers, NumbersWithoutZero, NumbersX, Hex, Symbol31, Symbol32 or characters
@@ -27,7 +28,7 @@ from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
 
 from .domains import Domain, DomainRegistry
-from .operations import GpasOperations
+from .operations import SYSTEM, GpasOperations, is_identifier_system
 from .service import PairOutcome, Pseudonymizer
 
 log = logging.getLogger("ttp_gateway.gpas")
@@ -38,7 +39,8 @@ SERVICE = "gpas"
 def ttp_operations(gateway) -> list:
     pseudonymizer = Pseudonymizer(DomainRegistry(gateway.repository))
     gateway.services[SERVICE] = pseudonymizer
-    return GpasOperations(pseudonymizer).declarations()
+    system = gateway.config.section("gpas").get("identifier_system", SYSTEM)
+    return GpasOperations(pseudonymizer, system).declarations()
 
 
 @hookimpl
@@ -63,6 +65,8 @@ def ttp_startup(gateway) -> None:
 def ttp_check_config(config: Config) -> list[str]:
     section = config.section("gpas")
     problems: list[str] = []
+    if not is_identifier_system(section.get("identifier_system", SYSTEM)):
+        problems.append("[gpas] identifier_system must be an absolute URI")
     names: set[str] = set()
     for index, settings in enumerate(_tables(section, "domains", problems)):
         name = settings.get("name")
