@@ -4,18 +4,21 @@ Sites link patients across a study from Bloom filters; uncertain cases go to a c
 compares identifying data once and deletes them. Configuration:
 
     [dispatcher]
-    identifier_secret = "..."        # key of the hashes $pseudonymizePatient keeps of identifiers
+    identifier_secret = "..."        # key of the hashes kept of identifiers ($pseudonymizePatient, source=local)
+    identifier_system = "https://ths-greifswald.de/gpas"   # Identifier.system of answers; per study too
+    domain_defaults = { length = 8 } # settings of domains a study names but no [[gpas.domains]] configures
 
     [[dispatcher.studies]]
     name = "mii"
     sites = ["dic_muenster", "dic_erlangen"]     # gPAS domains of this service, one per site
-    projects = ["eyematics"]                     # project domains
+    projects = ["eyematics", "extern_*"]         # project domains; "x_*": each x_... created on first use
     versions = [{ name = "1", length = 1600 }]   # Bloom filter versions and their length in bits
     match_threshold = 0.9
     possible_match_threshold = 0.75
     task_ttl_hours = 336
     idat_elements = ["given", "family", "birthdate", "gender"]
     events = [{ name = "fttp.getMiiPsn_eyematics", target = "eyematics", create = false }]
+    identifier_system = "https://ths-greifswald.de/dispatcher"   # optional
 
     [[dispatcher.persons]]    # persons stored at start-up where absent (demo data, migrations)
     [[dispatcher.clearings]]  # pending clearings stored at start-up where absent (demo data)
@@ -32,9 +35,10 @@ from typing import Any
 
 from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
+from ttp_gateway.plugins.gpas.operations import is_identifier_system
 
 from .linkage import Linker
-from .operations import DispatcherOperations, query
+from .operations import SYSTEM, DispatcherOperations, new_domain, query
 from .patients import PatientLinker
 from .studies import Study, StudyRegistry
 
@@ -57,8 +61,11 @@ class _LazyPseudonymizer:
 def ttp_operations(gateway) -> list:
     studies = StudyRegistry(gateway.repository)
     linker = Linker(gateway.repository, _LazyPseudonymizer(gateway))  # type: ignore[arg-type]
-    secret = str(gateway.config.section("dispatcher").get("identifier_secret", "")).encode()
-    operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret))
+    section = gateway.config.section("dispatcher")
+    secret = str(section.get("identifier_secret", "")).encode()
+    system = section.get("identifier_system", SYSTEM)
+    operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret, system),
+                                      system, section.get("domain_defaults", {}))
     gateway.services[SERVICE] = operations
     return operations.declarations()
 
@@ -75,9 +82,7 @@ def ttp_startup(gateway) -> None:
         operations.studies.put(study)
         for domain in study.domains:
             if pseudonymizer.domains.get(domain) is None:
-                from ttp_gateway.plugins.gpas.domains import Domain
-
-                pseudonymizer.domains.put(Domain.from_settings(domain, {"prefix": f"{domain}_", **defaults}))
+                pseudonymizer.domains.put(new_domain(domain, defaults))
     for person in section.get("persons", []):
         _seed_person(gateway, operations, person)
     for clearing in section.get("clearings", []):
@@ -105,6 +110,8 @@ def ttp_check_config(config: Config) -> list[str]:
             problems.append(f"[[dispatcher.studies]] {error}")
     if studies and not section.get("identifier_secret"):
         problems.append("[dispatcher] identifier_secret is required when studies are configured")
+    if not is_identifier_system(section.get("identifier_system", SYSTEM)):
+        problems.append("[dispatcher] identifier_system must be an absolute URI")
     for kind in ("persons", "clearings"):
         for index, seed in enumerate(section.get(kind, [])):
             study = studies.get(seed.get("study")) if isinstance(seed, dict) else None
