@@ -5,8 +5,8 @@ either way it lives in storage. Sites and project domains are gPAS domains of th
 site's pseudonyms and a project's pseudonyms are drawn there, through the repository.
 
 A project name ending in `*` names a family of project domains, one per name with that prefix,
-each created when first used (the NUM portal asks for `extern_<project id>`, one per research
-project). `identifier_system`, where set, is the Identifier.system of the study's answers (the
+each created when `$requestPsnWorkflow` first uses it (the NUM portal asks for
+`extern_<project id>`, one per research project); an event may name the pattern as its target. `identifier_system`, where set, is the Identifier.system of the study's answers (the
 NUM sites accept only `https://ths-greifswald.de/dispatcher`).
 """
 
