@@ -112,6 +112,10 @@ def ttp_check_config(config: Config) -> list[str]:
         problems.append("[dispatcher] identifier_secret is required when studies are configured")
     if not is_identifier_system(section.get("identifier_system", SYSTEM)):
         problems.append("[dispatcher] identifier_system must be an absolute URI")
+    try:  # domains a study names are made from these, some only when a request first needs them
+        new_domain("domain", section.get("domain_defaults", {}))
+    except (TypeError, ValueError) as error:
+        problems.append(f"[dispatcher] domain_defaults: {error}")
     for kind in ("persons", "clearings"):
         for index, seed in enumerate(section.get(kind, [])):
             study = studies.get(seed.get("study")) if isinstance(seed, dict) else None

@@ -1,6 +1,8 @@
-"""Identifier.system of the answers: the guide's `https://ths-greifswald.de/gpas` unless the
-configuration names another for an endpoint (`[gpas]`, `[dispatcher] identifier_system`) or a
-study (`identifier_system` of `[[dispatcher.studies]]`), since real clients filter on it."""
+"""Settings real clients need. Identifier.system of the answers: the guide's
+`https://ths-greifswald.de/gpas` unless the configuration names another for an endpoint
+(`[gpas]`, `[dispatcher] identifier_system`) or a study (`identifier_system` of
+`[[dispatcher.studies]]`), since clients filter on it; and the settings of project domains a
+study makes on demand, checked at start rather than in the first request that needs one."""
 
 from __future__ import annotations
 
@@ -56,3 +58,8 @@ def test_a_system_must_be_an_absolute_uri(demo_config) -> None:
     broken = [dict(studies[0], identifier_system="gpas")] + studies[1:]
     assert any("identifier_system" in p for p in config_problems(
         demo_config.with_overrides(dispatcher={"studies": broken}), plugins))
+
+
+def test_settings_of_domains_made_on_demand_are_checked_at_start(demo_config) -> None:
+    config = demo_config.with_overrides(dispatcher={"domain_defaults": {"alphabet": "A"}})
+    assert any("[dispatcher] domain_defaults" in p for p in config_problems(config, plugin_manager()))
