@@ -2,6 +2,7 @@
 operations that plugins declare.
 
     POST {base}/{endpoint}/${operation}           an operation (Parameters, or a batch Bundle)
+    GET  {base}/{endpoint}/${operation}?name=value  an operation that allows GET (query parameters)
     GET  {base}/{endpoint}/metadata               CapabilityStatement
     GET  {base}/{endpoint}/OperationDefinition/{id}
     GET  /healthz   /readyz   /metrics
@@ -27,7 +28,7 @@ import logging
 import os
 import time
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -66,8 +67,8 @@ class MethodNotAllowed(FhirError):
     status = 405
     issue_code = "not-supported"
 
-    def __init__(self, allowed: tuple[str, ...]) -> None:
-        super().__init__(f"this path allows {', '.join(allowed)} only")
+    def __init__(self, allowed: tuple[str, ...], message: str = "") -> None:
+        super().__init__(message or f"this path allows {', '.join(allowed)} only")
         self.allowed = allowed
 
 
@@ -109,7 +110,7 @@ class GatewayApp:
                                                                            base_url, published)
         # Starlette's routing matches paths and methods; answers come from the boundary.
         self._routes = [
-            Route(self.base_path + "/{endpoint}/${operation}", self.invoke, methods=["POST"]),
+            Route(self.base_path + "/{endpoint}/${operation}", self.invoke, methods=["POST", "GET"]),
             Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
             Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -126,11 +127,10 @@ class GatewayApp:
             return
         started = time.perf_counter()
         headers: dict[str, str] = {}
-        fmt, media_type = "json", codec.DEFAULT_MEDIA_TYPE["json"]
         request = _Request(scope, headers)
         try:
             self._read_headers(scope, headers)
-            fmt, media_type = codec.response_media_type(_format_parameter(scope), headers.get("accept"))
+            request.negotiate(codec.declared_format(headers.get("content-type")))
             handler, params = self._route(scope)
             status, answer = await handler(request, receive, params)
         except _ClientGone:
@@ -145,12 +145,13 @@ class GatewayApp:
             status, answer = storage_failure(error)
         except Exception:  # noqa: BLE001 - nothing leaves without an OperationOutcome
             status, answer = internal_error("request", request.op)
+        media_type = request.media_type
         if isinstance(answer, Answer):
             content = answer.content
         elif isinstance(answer, tuple):  # (bytes, media type) of a non-FHIR service route
             content, media_type = answer
         else:
-            content = _encoded(answer, fmt)
+            content = _encoded(answer, request.fmt)
         if request.observed:
             self.metrics.observe(request.endpoint, request.operation, status, time.perf_counter() - started,
                                  answer.items if isinstance(answer, Answer) else 0)
@@ -204,6 +205,9 @@ class GatewayApp:
             raise NotFound(f"this operation is not provided at endpoint {endpoint!r}", issue_code="not-supported")
         request.op, request.operation = op, op.name
         headers = request.headers
+        via_get = request.scope["method"] == "GET"
+        if via_get and not op.allows_get(name):
+            raise MethodNotAllowed(("POST",), f"${name} changes state: use POST")
         client: Client | None = None
         if self.auth.header_credentials(headers):  # refused callers are not read further
             client = self._authorised(await self._authenticate(headers, None, endpoint), op)
@@ -211,24 +215,30 @@ class GatewayApp:
             limit = self.limits.max_body_bytes
         else:  # the key can only be in the body: read little until it is known
             limit = min(self.limits.max_body_bytes, self.limits.max_unauthenticated_body_bytes)
-        body = await self._read_body(receive, headers.get("content-length"), limit)
-        in_format = codec.request_format(headers.get("content-type"), body)
-        if len(body) > INLINE_DECODE:
-            resource = await run_in_threadpool(codec.decode, body, in_format)
+        if via_get:
+            body, resource = b"", _query_parameters(request.scope)
+            codec.check_strings(resource)
         else:
-            resource = codec.decode(body, in_format)
+            body = await self._read_body(receive, headers.get("content-length"), limit)
+            in_format = codec.request_format(headers.get("content-type"), body)
+            if "content-type" not in headers:  # no Content-Type: answer in the body's format
+                request.negotiate(in_format)
+            if len(body) > INLINE_DECODE:
+                resource = await run_in_threadpool(codec.decode, body, in_format)
+            else:
+                resource = codec.decode(body, in_format)
         body_key = _pop_body_key(resource)  # removed either way: operations never see it
         if client is None:
             client = self._authorised(await self._authenticate(headers, body_key, endpoint), op)
         request.client = client
         budget = Budget(self.limits.max_items, self.limits.max_created, self.limits.max_depth)
-        fmt = codec.response_media_type(_format_parameter(request.scope), headers.get("accept"))[0]
+        fmt = request.fmt
         if resource["resourceType"] == "Bundle" and op.batch:
             calls = self._bind_batch(op, resource, client, budget)
             answer = await run_in_threadpool(self.executor.run_batch, op, calls, fmt)
         else:
             call = self._bind(op, resource, client, budget)
-            call.invoked_as = name
+            call.invoked_as, call.http_method = name, request.scope["method"]
             # A small read on an embedded store takes less time than the hop to a worker thread.
             if op.quick_read and not self._reads_block and len(body) <= INLINE_BODY:
                 answer = self.executor.run(op, call, fmt)
@@ -326,6 +336,10 @@ class GatewayApp:
         if statement is None:
             raise NotFound("there is no such endpoint")
         request.endpoint, request.operation, request.observed = params["endpoint"], "metadata", True
+        query = parse_qs(request.scope["query_string"].decode("latin-1"))
+        elements = [e for value in query.get("_elements", []) for e in value.split(",")]
+        if any(e.strip() for e in elements):
+            statement = capability.elements_subset(statement, elements)
         return 200, statement
 
     async def definition(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
@@ -380,17 +394,25 @@ class GatewayApp:
 class _Request:
     """What the boundary learns about a request while it handles it."""
 
-    __slots__ = ("scope", "headers", "endpoint", "operation", "op", "client", "observed", "extra_headers")
+    __slots__ = ("scope", "headers", "endpoint", "operation", "op", "client", "observed", "extra_headers",
+                 "fmt", "media_type")
 
     def __init__(self, scope: dict[str, Any], headers: dict[str, str]) -> None:
         self.scope = scope
         self.headers = headers
+        self.fmt: codec.Format = "json"
+        self.media_type = codec.DEFAULT_MEDIA_TYPE["json"]
         self.endpoint = ""
         self.operation = ""
         self.op: Operation | None = None
         self.client: Client | None = None
         self.observed = False
         self.extra_headers: list[tuple[bytes, bytes]] = []
+
+    def negotiate(self, body_format: codec.Format | None) -> None:
+        """The answer's format: `_format`, Accept, then the request body's format (HAPI's order)."""
+        self.fmt, self.media_type = codec.response_media_type(
+            _format_parameter(self.scope), self.headers.get("accept"), body_format)
 
 
 def _encoded(resource: dict[str, Any], fmt: codec.Format) -> bytes:
@@ -408,6 +430,17 @@ def _format_parameter(scope: dict[str, Any]) -> str | None:
         return None
     values = parse_qs(query.decode("latin-1")).get("_format")
     return values[0] if values else None
+
+
+def _query_parameters(scope: dict[str, Any]) -> dict[str, Any]:
+    """A GET invocation's query string as the Parameters it stands for: each parameter a
+    valueString (the binder reads integers and codes from strings); `_format` and the other
+    control parameters are not the operation's, and keys do not travel in URLs (they end up in
+    proxies' logs): an `apikey` there is ignored."""
+    query = scope["query_string"].decode("utf-8", "replace")
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": name, "valueString": value} for name, value in parse_qsl(query, keep_blank_values=True)
+        if not name.startswith("_") and name != "apikey"]}
 
 
 def _pop_body_key(resource: dict) -> str | None:

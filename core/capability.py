@@ -2,11 +2,14 @@
 
 Both are built once per app and checked against the fhir.resources R4B models, so a
 declaration that would describe itself wrongly fails at start-up, not in a client.
+`elements_subset` answers `_elements` (e.g. `metadata?_elements=rest.operation`, which
+fts-next asks for) as FHIR describes it: the elements asked for, the mandatory ones, and a
+SUBSETTED tag.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationdefinition import OperationDefinition
@@ -16,6 +19,15 @@ from .operations import Operation, Param
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE = "TTP Gateway"
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+             "code": "SUBSETTED", "display": "Resource encoded in summary mode"}
+# Elements a subset keeps whether asked for or not: FHIR says servers SHOULD return mandatory
+# elements, and a client's parser may insist on them. Keyed by resource type, then by the path
+# of the element they belong to ("" for the resource itself).
+_MANDATORY: dict[str, dict[str, tuple[str, ...]]] = {
+    "CapabilityStatement": {"": ("status", "date", "kind", "fhirVersion", "format"),
+                            "rest": ("mode",)},
+}
 
 
 def operation_definition(op: Operation, base_url: str) -> dict:
@@ -66,6 +78,46 @@ def capability_statement(endpoint: str, operations: Iterable[Operation], base_ur
         }],
     }
     return _checked(CapabilityStatement, statement)
+
+
+def elements_subset(resource: dict, elements: Iterable[str]) -> dict:
+    """The resource reduced to the given element paths (`rest.operation`, `fhirVersion`, with or
+    without the resource type in front), its mandatory elements, `id` and `meta`; `meta.tag`
+    says SUBSETTED."""
+    resource_type = resource["resourceType"]
+    paths = []
+    for element in elements:
+        steps = [s for s in element.strip().split(".") if s]
+        if steps and steps[0] == resource_type:
+            steps = steps[1:]
+        if steps:
+            paths.append(steps)
+    subset: dict[str, Any] = {"resourceType": resource_type}
+    if "id" in resource:
+        subset["id"] = resource["id"]
+    meta = dict(resource.get("meta", {}))
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    subset["meta"] = meta
+    kept = _keep(resource, paths, _MANDATORY.get(resource_type, {}), "")
+    subset.update((k, v) for k, v in kept.items() if k not in subset)
+    return subset
+
+
+def _keep(node: Any, paths: list[list[str]], mandatory: dict[str, tuple[str, ...]], where: str) -> Any:
+    """`node` with only the paths (relative to it) and the mandatory elements at `where`."""
+    if isinstance(node, list):
+        return [_keep(item, paths, mandatory, where) for item in node]
+    if not isinstance(node, dict) or any(not p for p in paths):
+        return node  # a path ends here: the whole element
+    kept: dict[str, Any] = {}
+    wanted = {p[0] for p in paths} | set(mandatory.get(where, ()))
+    for name in node:  # in the resource's own order, which XML keeps
+        if name not in wanted:
+            continue
+        below = [p[1:] for p in paths if p[0] == name]
+        kept[name] = node[name] if not below else _keep(
+            node[name], below, mandatory, f"{where}.{name}".lstrip("."))
+    return kept
 
 
 def _parameter(param: Param, use: str) -> dict:

@@ -1,8 +1,12 @@
 """Body formats: FHIR JSON and XML in both directions, and content negotiation.
 
 The request format follows Content-Type (a UTF-8 charset parameter allowed: FHIR bodies are
-UTF-8); the response format follows `_format`, else Accept, else JSON. Internally every resource
-is its FHIR JSON form as a dict, so operations never see the wire format.
+UTF-8). The response format is chosen as HAPI FHIR servers (the reference gateway among them)
+choose it: `_format` first, then the FHIR media types named in Accept (highest q wins, the first of
+equals), and where the client states no usable preference (no Accept, only wildcards such as `*/*`
+or `application/*`, or only types that are not FHIR) the format of the request body; JSON when
+nothing says otherwise. Internally every resource is its FHIR JSON form as a dict, so operations
+never see the wire format.
 
 Decoding enforces what FHIR allows in a string, the same for both formats: no control
 characters but tab, carriage return and line feed, no Unicode non-characters (U+FFFE, U+FFFF,
@@ -57,18 +61,38 @@ def request_format(content_type: str | None, body: bytes) -> Format:
     return fmt
 
 
-def response_media_type(format_parameter: str | None, accept: str | None) -> tuple[Format, str]:
-    """Format and media type of the response: `_format` first, then Accept, default JSON."""
+def declared_format(content_type: str | None) -> Format | None:
+    """The FHIR format a Content-Type header names, or None (absent, or not FHIR JSON/XML)."""
+    if not content_type:
+        return None
+    return _MEDIA_FORMATS.get(content_type.partition(";")[0].strip().lower())
+
+
+def response_media_type(format_parameter: str | None, accept: str | None,
+                        body_format: Format | None = None) -> tuple[Format, str]:
+    """Format and media type of the response: `_format`, then Accept, then the request body's
+    format (`body_format`) where the client gave no usable preference, then JSON."""
     if format_parameter:
-        fmt = _FORMAT_PARAMETER.get(format_parameter.strip().lower().replace(" ", "+"))
-        if fmt is not None:
-            media = format_parameter.strip().lower().replace(" ", "+")
+        media = format_parameter.partition(";")[0].strip().lower().replace(" ", "+")
+        fmt = _FORMAT_PARAMETER.get(media)
+        if fmt is not None:  # values HAPI does not know (e.g. html) fall through to Accept
             return fmt, media if media in _MEDIA_FORMATS else DEFAULT_MEDIA_TYPE[fmt]
+    refused: set[Format] = set()
+    wildcards: list[str] = []
     if accept:
-        for media in _accepted(accept):
+        for media, quality in _accepted(accept):
             fmt = _MEDIA_FORMATS.get(media)
             if fmt is not None:
-                return fmt, media
+                if quality > 0:
+                    return fmt, media
+                refused.add(fmt)
+            elif quality > 0 and (_covers(media, "json") or _covers(media, "xml")):
+                wildcards.append(media)
+    # No FHIR type named: the request body's format, unless refused or outside the wildcards given.
+    for fmt in (body_format, "json", "xml"):
+        if fmt is not None and fmt not in refused and (
+                not wildcards or any(_covers(w, fmt) for w in wildcards)):
+            return fmt, DEFAULT_MEDIA_TYPE[fmt]
     return "json", DEFAULT_MEDIA_TYPE["json"]
 
 
@@ -78,7 +102,7 @@ def decode(body: bytes, fmt: Format) -> dict:
         raise CodecError("the request body is empty")
     if fmt == "xml":
         resource = xmlcodec.parse_xml(body)
-        _check_strings(resource)
+        check_strings(resource)
     else:
         try:
             resource = orjson.loads(body)
@@ -88,7 +112,7 @@ def decode(body: bytes, fmt: Format) -> dict:
         # no further; a suspicious one (which may be a false alarm, e.g. an escaped backslash)
         # is checked value by value.
         if _SUSPECT_JSON.search(body):
-            _check_strings(resource)
+            check_strings(resource)
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise CodecError("the request body is not a FHIR resource")
     return resource
@@ -106,7 +130,7 @@ _SUSPECT_JSON = re.compile(
     rb"|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
 
 
-def _check_strings(resource: Any) -> None:
+def check_strings(resource: Any) -> None:
     """CodecError naming the parameter (else the element path) of the first value, or element
     name, holding a character no FHIR string may hold."""
     pending: list[tuple[Any, str, str]] = [(resource, "", "")]  # (node, path, nearest parameter)
@@ -140,19 +164,31 @@ def encode(resource: dict, fmt: Format) -> bytes:
     return orjson.dumps(resource)
 
 
-def _accepted(accept: str) -> list[str]:
-    """Media types of an Accept header, most preferred first (q=0 dropped)."""
+def _accepted(accept: str) -> list[tuple[str, float]]:
+    """(media range, q) of an Accept header, most preferred first; equals keep their order."""
     ranked = []
     for position, item in enumerate(accept.split(",")):
         media, _, params = item.partition(";")
         quality = 1.0
         for param in params.split(";"):
             key, _, value = param.partition("=")
-            if key.strip() == "q":
+            if key.strip().lower() == "q":
                 try:
-                    quality = float(value)
+                    quality = min(max(float(value), 0.0), 1.0)
                 except ValueError:
                     quality = 0.0
-        if quality > 0:
-            ranked.append((-quality, position, media.strip().lower()))
-    return [media for _, _, media in sorted(ranked)]
+        media = media.strip().lower()
+        if media:
+            ranked.append((-quality, position, media))
+    return [(media, -negative) for negative, _, media in sorted(ranked)]
+
+
+def _covers(media_range: str, fmt: Format) -> bool:
+    """Whether a wildcard range (`*/*`, `application/*`, `application/fhir+*`, ...) admits a
+    media type of the format."""
+    if media_range == "*/*":
+        return True
+    if not media_range.endswith("*"):
+        return False
+    prefix = media_range[:-1]
+    return any(media.startswith(prefix) for media, known in _MEDIA_FORMATS.items() if known == fmt)

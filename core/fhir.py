@@ -32,6 +32,13 @@ ISSUE_TYPE_DISPLAY = {
 }
 
 
+def is_absolute_uri(value: Any) -> bool:
+    """Whether a value (e.g. a configured Identifier.system) is an absolute URI: a scheme, then
+    something, and no whitespace."""
+    scheme, colon, rest = value.partition(":") if isinstance(value, str) else ("", "", "")
+    return bool(colon and rest and scheme[:1].isalpha() and not any(c.isspace() for c in value))
+
+
 def issue_type(code: str) -> dict[str, str]:
     """A Coding from http://hl7.org/fhir/issue-type, as the guide uses for per-item errors."""
     return {"system": ISSUE_TYPE_SYSTEM, "code": code, "display": ISSUE_TYPE_DISPLAY[code]}

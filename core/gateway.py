@@ -98,7 +98,10 @@ class Call:
     operation: Operation
     args: Args
     client: Client
+    # The name and method the request used: an alias of an older gateway version asks for the
+    # answer in that version's shape.
     invoked_as: str = ""
+    http_method: str = "POST"
     work: RequestWork | None = None
     audits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 

@@ -96,6 +96,7 @@ class Param:
     parts: tuple["Param", ...] = ()
     scope: str | None = None
     creates: bool = False
+    aliases: tuple[str, ...] = ()
     reader: Callable[[dict, str, Budget], Any] = field(init=False, repr=False, compare=False)
     scoped: bool = field(init=False, repr=False, compare=False)  # a scope here or in a part
 
@@ -121,6 +122,10 @@ class Operation:
     `handler` receives a `core.gateway.Call` and returns a FHIR resource as a dict, or a
     `Result` when the status is not 200. With `batch=True` the operation also accepts a `batch`
     Bundle whose entries each carry one Parameters; the core answers a `batch-response`.
+
+    An operation that does not affect state may also be invoked with GET, its parameters in the
+    query string, as FHIR allows; `legacy_get` names aliases under which older versions served
+    it with GET although it does (gPAS before 1.10.2: `$pseudonymize-allow-create`).
     """
 
     endpoint: str
@@ -138,6 +143,10 @@ class Operation:
     # A read that never writes nor waits for a lock: small requests of it may run on the event
     # loop itself when the store's reads never block (SQLite), sparing the hop to a thread.
     quick_read: bool = False
+    legacy_get: tuple[str, ...] = ()
+
+    def allows_get(self, invoked_as: str) -> bool:
+        return not self.affects_state or invoked_as in self.legacy_get
 
     @property
     def definition_id(self) -> str:
@@ -169,9 +178,10 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "", budget: Budg
         raise InvalidRequest(f"'{path or 'parameter'}' must be an array")
     entry = _declared.get(id(parameters))
     if entry is None or entry[0] is not parameters:
-        entry = _declared[id(parameters)] = (parameters, {p.name: p for p in parameters})
+        entry = _declared[id(parameters)] = (
+            parameters, {name: p for p in parameters for name in (p.name, *p.aliases)})
     declared = entry[1]
-    collected: dict[str, list] = {name: [] for name in declared}
+    collected: dict[str, list] = {param.name: [] for param in parameters}
     for item in given:
         if item.__class__ is not dict:
             raise InvalidRequest(f"every entry of '{path or 'parameter'}' must be an object")
@@ -180,7 +190,7 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "", budget: Budg
             raise InvalidRequest(f"every entry of '{path or 'parameter'}' needs a name, as a string")
         param = declared.get(name)
         if param is not None:
-            collected[name].append(param.reader(item, path + name, budget))
+            collected[param.name].append(param.reader(item, path + name, budget))
     args = Args()
     for param in parameters:
         values = collected[param.name]

@@ -17,7 +17,7 @@ def test_demo_configuration_loads() -> None:
     domains = [d["name"] for d in config.section("gpas")["domains"]]
     assert domains[:2] == ["MIRACUM", "Datensatz-Ebene"]
     assert {"dic_muenster", "dic_erlangen", "dic_greifswald", "eyematics"} <= set(domains)
-    assert [s["name"] for s in config.section("dispatcher")["studies"]] == ["mii", "num", "MyStudy"]
+    assert [s["name"] for s in config.section("dispatcher")["studies"]] == ["mii", "num", "MyStudy", "eyematics"]
     assert config_problems(config, load_plugins()) == []
 
 

@@ -11,7 +11,7 @@ import multiprocessing
 
 import pytest
 
-from conftest import DEMO_CONFIG, GPAS
+from conftest import DEMO_CONFIG, GPAS, all_stores
 from stores import transaction
 
 ROUNDS = 3
@@ -65,7 +65,7 @@ def test_two_processes_racing_get_the_same_pseudonyms(postgres_database) -> None
 
     from ttp_gateway.backends import open_repository
 
-    repository = open_repository(postgres_database)
+    repository = open_repository(postgres_database, all_stores())
     with transaction(repository) as tx:
         assert tx.count_pseudonyms("MIRACUM") == 2 + ROUNDS * ORIGINALS
     repository.close()

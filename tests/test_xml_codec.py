@@ -19,16 +19,15 @@ from hypothesis import strategies as st
 from ttp_gateway.core.errors import CodecError
 from ttp_gateway.core.xmlcodec import parse_xml, to_xml
 
-SPEC = Path("/work/shared/spec")
+SPEC = Path(__file__).resolve().parent / "spec"  # the guide's published examples, copied here
 IG_EXAMPLES = sorted((SPEC / "ig").glob("*/*.json"))
-needs_spec = pytest.mark.skipif(not IG_EXAMPLES, reason="guide examples not available")
 
 FHIR = 'xmlns="http://hl7.org/fhir"'
 SECRET = "SECRET-4711"  # stands for patient data; must never appear in an error message
 
 
 def load_example(name: str) -> dict:
-    [path] = [p for p in IG_EXAMPLES if p.name == name]
+    [path] = [p for p in IG_EXAMPLES if p.name == name][:1]  # the first, if two endpoints share a name
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -47,7 +46,6 @@ def codec_error(body: bytes | str) -> CodecError:
 # The guide's examples
 # ---------------------------------------------------------------------------------------------
 
-@needs_spec
 @pytest.mark.parametrize("path", IG_EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_guide_example_survives_to_xml_and_back(path: Path) -> None:
     resource = json.loads(path.read_text(encoding="utf-8"))
@@ -57,7 +55,6 @@ def test_guide_example_survives_to_xml_and_back(path: Path) -> None:
     assert parse_xml(xml) == resource
 
 
-@needs_spec
 def test_guide_examples_cover_every_resource_type_we_exchange() -> None:
     types = {json.loads(p.read_text(encoding="utf-8"))["resourceType"] for p in IG_EXAMPLES}
     assert {"Parameters", "Bundle", "OperationOutcome", "Patient", "OperationDefinition",
@@ -80,7 +77,6 @@ ORACLE_EXAMPLES = [
 ]
 
 
-@needs_spec
 @pytest.mark.parametrize("name", ORACLE_EXAMPLES)
 def test_parses_what_fhir_resources_serialises(name: str) -> None:
     from fhir.resources.R4B import get_fhir_model_class
@@ -165,7 +161,6 @@ def test_delete_pseudonyms_page_bodies() -> None:
 
 
 # The $updateBf page quotes a request with other values than the JSON example; the rest match.
-@needs_spec
 @pytest.mark.parametrize("seed_prefix, index, example", [
     ("001", 1, "OperationOutcome-OperationOutcome-UpdateBf-response-example-1.json"),
     ("004", 0, "Parameters-Parameters-DeletePseudonyms-request-example-1.json"),

@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pymongo
-from pymongo.errors import (ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError,
-                            ServerSelectionTimeoutError)
+from pymongo.errors import (BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure,
+                            PyMongoError, ServerSelectionTimeoutError)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -46,6 +46,7 @@ log = logging.getLogger("ttp_gateway.storage")
 DEFAULT_DATABASE = "ttp_gateway"
 SERVER_SELECTION_TIMEOUT_MS = 3000
 WRITE_CONFLICT = 112
+DUPLICATE_KEY = frozenset({11000, 11001, 12582})
 COMMIT_ATTEMPTS = 5
 
 
@@ -213,8 +214,11 @@ class MongoRepository(Repository):
             if factory is not None:
                 self._client, name = factory(url)
             elif scheme in ("mongodb", "mongodb+srv"):
-                self._client = pymongo.MongoClient(url, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                                                   tz_aware=True, uuidRepresentation="standard")
+                # Keyword options override the URL's: the default timeout only where it names none.
+                given = {option.lower() for option in parse_qs(urlsplit(url).query)}
+                timeout = ({} if "serverselectiontimeoutms" in given
+                           else {"serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS})
+                self._client = pymongo.MongoClient(url, tz_aware=True, uuidRepresentation="standard", **timeout)
                 name = urlsplit(url).path.strip("/") or DEFAULT_DATABASE
             else:
                 raise StorageError(f"no MongoDB client for {scheme}:// URLs"
@@ -302,11 +306,18 @@ def translate(error: PyMongoError) -> StorageError:
     if error.has_error_label("TransientTransactionError") or (
             isinstance(error, OperationFailure) and error.code == WRITE_CONFLICT):
         return Busy(f"the store could not serialise this unit ({kind})")
-    if isinstance(error, DuplicateKeyError):
+    if isinstance(error, DuplicateKeyError) or (
+            isinstance(error, BulkWriteError) and _duplicate_keys_only(error)):
         return Conflict(f"a unique key was violated ({kind})")
     if isinstance(error, (ConnectionFailure, ServerSelectionTimeoutError)):
         return Unavailable(f"storage unavailable ({kind})")
     return StorageError(f"the store refused an operation ({kind})")
+
+
+def _duplicate_keys_only(error: BulkWriteError) -> bool:
+    """Whether a batch failed on duplicate keys alone (`insert_many` reports them this way)."""
+    errors = (error.details or {}).get("writeErrors") or []
+    return bool(errors) and all(item.get("code") in DUPLICATE_KEY for item in errors)
 
 
 def _now() -> datetime:

@@ -4,19 +4,22 @@ Sites link patients across a study from Bloom filters; uncertain cases go to a c
 compares identifying data once and deletes them. Configuration:
 
     [dispatcher]
-    identifier_secret = "..."        # key of the hashes $pseudonymizePatient keeps of identifiers
+    identifier_secret = "..."        # key of the hashes kept of identifiers ($pseudonymizePatient, source=local)
     idat_key = "..."                 # 32 bytes, base64: seals identifying data while a clearing runs
+    identifier_system = "https://ths-greifswald.de/gpas"   # Identifier.system of answers; per study too
+    domain_defaults = { length = 8 } # settings of domains a study names but no [[gpas.domains]] configures
 
     [[dispatcher.studies]]
     name = "mii"
     sites = ["dic_muenster", "dic_erlangen"]     # gPAS domains of this service, one per site
-    projects = ["eyematics"]                     # project domains
+    projects = ["eyematics", "extern_*"]         # project domains; "x_*": each x_... created on first use
     versions = [{ name = "1", length = 1600 }]   # Bloom filter versions and their length in bits
     match_threshold = 0.9
     possible_match_threshold = 0.75
     task_ttl_hours = 336
     idat_elements = ["given", "family", "birthdate", "gender"]
     events = [{ name = "fttp.getMiiPsn_eyematics", target = "eyematics", create = false }]
+    identifier_system = "https://ths-greifswald.de/dispatcher"   # optional
 
     [[dispatcher.persons]]    # persons stored at start-up where absent (demo data, migrations)
     [[dispatcher.clearings]]  # pending clearings stored at start-up where absent (demo data)
@@ -35,11 +38,12 @@ from ttp_gateway.backends.base import StoreRegistry, UnitOfWork
 from ttp_gateway.core.auth import ScopeKinds
 from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
+from ttp_gateway.core.fhir import is_absolute_uri
 from ttp_gateway.plugins.gpas.api import GPAS
 
 from .api import DISPATCHER
 from .linkage import Linker
-from .operations import DispatcherOperations, query
+from .operations import SYSTEM, DispatcherOperations, new_domain, query
 from .patients import PatientLinker
 from .sealing import IdatDigest, IdatSeal, parse_key
 from .store import LINKAGE, definition
@@ -71,8 +75,9 @@ def ttp_setup(gateway) -> None:
     # Without a key no clearing can keep IDAT (check-config insists on one when studies exist).
     linker = Linker(gateway.repository, gateway.service(GPAS), IdatSeal(idat_key) if idat_key else None)
     secret = str(section.get("identifier_secret", "")).encode()
-    operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret),
-                                      IdatDigest(idat_key or secret))
+    system = section.get("identifier_system", SYSTEM)
+    operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret, system),
+                                      IdatDigest(idat_key or secret), system, section.get("domain_defaults", {}))
     gateway.provide(DISPATCHER, operations)
 
 
@@ -92,7 +97,8 @@ def ttp_startup(gateway) -> None:
         study = Study.from_settings(settings["name"], settings)
         operations.studies.put(study)
         for domain in study.domains:
-            pseudonymizer.ensure_domain(domain, {"prefix": f"{domain}_", **defaults})
+            if pseudonymizer.domains.get(domain) is None:
+                pseudonymizer.domains.put(new_domain(domain, defaults))
     for person in section.get("persons", []):
         _seed_person(gateway, operations, person)
     for clearing in section.get("clearings", []):
@@ -127,6 +133,12 @@ def ttp_check_config(config: Config) -> list[str]:
             parse_key(str(section["idat_key"]))
         except ValueError as error:
             problems.append(f"[dispatcher] {error}")
+    if not is_absolute_uri(section.get("identifier_system", SYSTEM)):
+        problems.append("[dispatcher] identifier_system must be an absolute URI")
+    try:  # domains a study names are made from these, some only when a request first needs them
+        new_domain("domain", section.get("domain_defaults", {}))
+    except (TypeError, ValueError) as error:
+        problems.append(f"[dispatcher] domain_defaults: {error}")
     for kind in ("persons", "clearings"):
         for index, seed in enumerate(section.get(kind, [])):
             study = studies.get(seed.get("study")) if isinstance(seed, dict) else None

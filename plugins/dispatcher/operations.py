@@ -3,18 +3,27 @@
 Answers follow the guide's examples part for part. Per-item problems (a filter of an unknown
 version, a pending clearing, an unknown site pseudonym) are `error` parts beside the other
 items' answers; a study, site, task or event named once for the whole request that is not
-known fails the request with 404.
+known fails the request with 404. Identifiers carry the study's `identifier_system`, else the
+endpoint's (`[dispatcher] identifier_system`, the guide's `https://ths-greifswald.de/gpas` by
+default).
+
+`$requestPsnWorkflow` with `source=local` maps a site's own local identifiers (CODEX and
+EyeMatics send a patient's RFC 4122 UUID when they have no Bloom filter, "data transfer without
+record linkage") to that site's pseudonyms: `target` must be the site, each local identifier
+is a person of its own, known again by a keyed hash of (site, identifier).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from ttp_gateway.core import fhir
 from ttp_gateway.core.errors import Conflict, InvalidRequest, NotFound
 from ttp_gateway.core.gateway import Call
 from ttp_gateway.core.operations import Args, Operation, Param
+from ttp_gateway.backends.base import UnitOfWork
+from ttp_gateway.plugins.gpas.api import Domain
 
 from . import bloom
 from .idat import IDAT_ELEMENTS_SYSTEM, idat_from_patient
@@ -22,10 +31,10 @@ from .linkage import PSN_AVAILABLE, REPEAT_REQUEST, SEND_IDAT, Linker, Query, id
 from .patients import PatientLinker
 from .sealing import IdatDigest
 from .store import LINKAGE, Task
-from .studies import REQUIRED_ELEMENTS, Study, StudyRegistry
+from .studies import LOCAL_SOURCE, REQUIRED_ELEMENTS, Study, StudyRegistry
 
 ENDPOINT = "dispatcher"
-SYSTEM = "https://ths-greifswald.de/gpas"
+SYSTEM = "https://ths-greifswald.de/gpas"  # the guide's Identifier.system, the default
 CANONICAL = "https://ths-greifswald.de/fhir/OperationDefinition/dispatcher"
 PENDING = fhir.issue_type("incomplete")  # linkage deferred to a clearing: ask again after it
 NOT_FOUND = fhir.issue_type("not-found")
@@ -33,8 +42,13 @@ INVALID = fhir.issue_type("invalid")
 TASK_ORDER = (PSN_AVAILABLE, SEND_IDAT, REPEAT_REQUEST)
 
 
-def _id(name: str, value: str) -> dict[str, Any]:
-    return {"name": name, "valueIdentifier": {"system": SYSTEM, "value": value}}
+def _id(name: str, value: str, system: str) -> dict[str, Any]:
+    return {"name": name, "valueIdentifier": {"system": system, "value": value}}
+
+
+def new_domain(name: str, defaults: Mapping[str, Any]) -> Domain:
+    """A domain for a study that names one no `[[gpas.domains]]` configures."""
+    return Domain.from_settings(name, {"prefix": f"{name}_", **defaults})
 
 
 def _bloom_filter(value: str) -> dict[str, Any]:
@@ -74,11 +88,14 @@ def _instant(moment: datetime) -> str:
 
 class DispatcherOperations:
     def __init__(self, studies: StudyRegistry, linker: Linker, patients: PatientLinker,
-                 digest: IdatDigest) -> None:
+                 digest: IdatDigest, system: str = SYSTEM,
+                 domain_defaults: Mapping[str, Any] | None = None) -> None:
         self.studies = studies
         self.linker = linker
         self.patients = patients
         self.digest = digest
+        self.system = system
+        self.domain_defaults = dict(domain_defaults or {})
 
     # --- lookups ------------------------------------------------------------------------------
     def study(self, name: str) -> Study:
@@ -87,11 +104,26 @@ class DispatcherOperations:
             raise NotFound(f"study {name!r} is not known")
         return study
 
+    def system_of(self, study: Study) -> str:
+        return study.identifier_system or self.system
+
     @staticmethod
     def _domain_of(study: Study, name: str, *, sites_only: bool = False) -> str:
-        if name not in (study.sites if sites_only else study.domains):
+        if not (name in study.sites if sites_only else study.has_domain(name)):
             raise NotFound(f"{'site' if sites_only else 'domain'} {name!r} is not part of study {study.name!r}")
         return name
+
+    def _target_domain(self, study: Study, name: str, create: bool) -> Domain | None:
+        """The gPAS domain of a target; one that a pattern names is created on first use, and
+        is None until then for a request that may not create."""
+        pseudonyms = self.linker.pseudonyms
+        domain = pseudonyms.domains.get(name)
+        if domain is None and study.by_pattern(name):
+            if not create:
+                return None
+            domain = new_domain(name, self.domain_defaults)
+            pseudonyms.domains.put(domain)
+        return domain or pseudonyms.domain(name)
 
     # --- $requestPsnFromBfWorkflow ------------------------------------------------------------
     def request_psn_from_bf(self, call: Call) -> dict:
@@ -104,15 +136,17 @@ class DispatcherOperations:
             outcomes = self.linker.link(unit, study, site, queries, snapshot, call.now())
         call.audit("request-psn-from-bf", study=study.name, site=site, items=len(queries),
                    pending=sum(1 for o in outcomes if o.pending))
+        system = self.system_of(study)
         answer = []
         for sent, outcome in zip(queries, outcomes):
             if outcome.pseudonym is not None:
                 answer.append({"name": "pseudonym-bf", "part": [
-                    _bloom_filter(sent.given), _id("target", site), _id("pseudonym", outcome.pseudonym)]})
+                    _bloom_filter(sent.given), _id("target", site, system),
+                    _id("pseudonym", outcome.pseudonym, system)]})
             else:
                 code = PENDING if outcome.pending else fhir.issue_type(outcome.error or "invalid")
                 answer.append({"name": "error", "part": [
-                    _bloom_filter(sent.given), _id("target", site), _code("error-code", code)]})
+                    _bloom_filter(sent.given), _id("target", site, system), _code("error-code", code)]})
         return fhir.parameters(answer)
 
     # --- $requestTasks ------------------------------------------------------------------------
@@ -125,23 +159,25 @@ class DispatcherOperations:
             tasks = [t for t in unit[LINKAGE].get_open_tasks(study.name, site=site) if t.expires > now]
         tasks.sort(key=lambda t: (TASK_ORDER.index(t.kind), t.created, t.id))
         call.audit("request-tasks", study=study.name, site=site, items=len(tasks))
-        return fhir.parameters(self._task_parameter(study, t) for t in tasks)
+        system = self.system_of(study)
+        return fhir.parameters(self._task_parameter(study, t, system) for t in tasks)
 
     @staticmethod
-    def _task_parameter(study: Study, task) -> dict:
+    def _task_parameter(study: Study, task, system: str) -> dict:
         details = task.details
         if task.kind == PSN_AVAILABLE:
-            parts = [_bloom_filter(details["bloomfilter"]), _id("target", task.site),
-                     _id("pseudonym", details["pseudonym"])]
+            parts = [_bloom_filter(details["bloomfilter"]), _id("target", task.site, system),
+                     _id("pseudonym", details["pseudonym"], system)]
         elif task.kind == SEND_IDAT:
             parts = [{"name": "expires", "valueInstant": _instant(task.expires)},
                      {"name": "taskId", "valueId": task.id}]
-            parts.append(_id("pseudonym", details["pseudonym"]) if "pseudonym" in details
+            parts.append(_id("pseudonym", details["pseudonym"], system) if "pseudonym" in details
                          else _bloom_filter(details["bloomfilter"]))
             parts += [_code("element", {"code": element, "system": IDAT_ELEMENTS_SYSTEM})
                       for element in details["elements"]]
         else:
-            parts = [_id("study", study.name), _bloom_filter(details["bloomfilter"]), _id("target", task.site)]
+            parts = [_id("study", study.name, system), _bloom_filter(details["bloomfilter"]),
+                     _id("target", task.site, system)]
         return {"name": task.kind, "part": parts}
 
     # --- $providePatientData ------------------------------------------------------------------
@@ -209,37 +245,68 @@ class DispatcherOperations:
     # --- $requestPsnWorkflow ------------------------------------------------------------------
     def request_psn_workflow(self, call: Call) -> dict:
         study = self.study(call.args["study"])
-        source = self._domain_of(study, call.args["source"])
         target = self._domain_of(study, call.args["target"])
+        source = call.args["source"]
+        local = source == LOCAL_SOURCE and not study.has_domain(source)
+        if local:  # a site's local identifiers lead only to its own pseudonyms
+            self._domain_of(study, target, sites_only=True)
+        else:
+            self._domain_of(study, source)
         create = True
         if call.args["event"] is not None:
             event = study.events.get(call.args["event"])
             if event is None:
                 raise NotFound(f"event {call.args['event']!r} is not configured for study {study.name!r}")
-            if event.target != target or (event.sources and source not in event.sources):
+            if not event.leads_to(target) or (event.sources and source not in event.sources):
                 raise InvalidRequest(f"event {event.name!r} does not lead from {source!r} to {target!r}")
             create = event.create
         originals = call.args["original"]
-        psn = self.linker.pseudonyms
-        source_domain, domain = psn.domain(source), psn.domain(target)
-        with (call.writing() if create else call.reading()) as unit:
-            owners = psn.originals(unit, source_domain, originals)
-            keys = {o: key for o in originals if study.person_of(key := owners.get(o)) is not None}
-            if create:
-                found = psn.get_or_create(unit, domain, sorted(set(keys.values())))
-            else:
-                found = psn.lookup(unit, domain, sorted(set(keys.values())))
+        domain = self._target_domain(study, target, create)
+        keys: dict[str, str] = {}
+        found: dict[str, str] = {}
+        if domain is not None:
+            psn = self.linker.pseudonyms
+            with (call.writing() if create else call.reading()) as unit:
+                if local:
+                    keys = self._local_persons(unit, study, target, originals, create)
+                else:
+                    owners = psn.originals(unit, psn.domain(source), originals)
+                    keys = {o: key for o in originals if study.person_of(key := owners.get(o)) is not None}
+                if create:
+                    found = psn.get_or_create(unit, domain, sorted(set(keys.values())))
+                else:
+                    found = psn.lookup(unit, domain, sorted(set(keys.values())))
         call.audit("request-psn-workflow", study=study.name, source=source, target=target, items=len(originals))
+        system = self.system_of(study)
         answer = []
         for original in originals:
             pseudonym = found.get(keys.get(original, ""))
             if pseudonym is not None:
                 answer.append({"name": "pseudonym", "part": [
-                    _id("original", original), _id("target", target), _id("pseudonym", pseudonym)]})
+                    _id("original", original, system), _id("target", target, system),
+                    _id("pseudonym", pseudonym, system)]})
             else:
                 answer.append({"name": "error", "part": [
-                    _id("original", original), _id("target", target), _code("error-code", NOT_FOUND)]})
+                    _id("original", original, system), _id("target", target, system),
+                    _code("error-code", NOT_FOUND)]})
         return fhir.parameters(answer)
+
+    def _local_persons(self, unit: UnitOfWork, study: Study, site: str, originals: list[str],
+                       create: bool) -> dict[str, str]:
+        """The person key of each local identifier of a site; new persons for unknown ones where
+        the request may create (no record linkage: the identifier is all there is)."""
+        hashes = {original: self.patients.local_key(site, original) for original in originals if original}
+        tx = unit[LINKAGE]
+        if create:
+            tx.lock_study(study.name)  # two requests for one new identifier make one person
+        known = tx.find_persons(study.name, sorted(set(hashes.values())))
+        if create:
+            missing = sorted(set(hashes.values()) - set(known))
+            if missing:
+                persons = tx.create_persons(study.name, len(missing))
+                tx.add_person_keys(study.name, list(zip(missing, persons)))
+                known.update(zip(missing, persons))
+        return {original: study.person_key(known[h]) for original, h in hashes.items() if h in known}
 
     # --- declarations -------------------------------------------------------------------------
     def declarations(self) -> list[Operation]:

@@ -30,15 +30,16 @@ from .studies import Study, StudyRegistry
 
 KVID_SYSTEM = "http://fhir.de/sid/gkv/kvid-10"
 BLOOM_FILTER_SYSTEM = "https://ths-greifswald.de/fhir/sid/epix/bloomfilter"
-SYSTEM = "https://ths-greifswald.de/gpas"
+SYSTEM = "https://ths-greifswald.de/gpas"  # the guide's Identifier.system, the default
 SITE = ""  # filters given in a Patient come from no particular site
 
 
 class PatientLinker:
-    def __init__(self, studies: StudyRegistry, linker: Linker, secret: bytes) -> None:
+    def __init__(self, studies: StudyRegistry, linker: Linker, secret: bytes, system: str = SYSTEM) -> None:
         self.studies = studies
         self.linker = linker
         self._secret = secret
+        self.system = system
 
     def pseudonymize_patient(self, call: Call) -> dict | Result:
         study = self.studies.get(call.args["study"])
@@ -54,9 +55,10 @@ class PatientLinker:
             raise Unprocessable("the Patient's gender is not an administrative gender code")
         contexts = [(c["target"], 1 if c["count"] is None else c["count"]) for c in call.args["context"]]
         external_id = str(patient.get("id", ""))
+        system = study.identifier_system or self.system
         unknown = [target for target, _ in contexts if target not in study.domains]
         if unknown:
-            return Result(_answer(external_id, {t: [] for t, _ in contexts}), status=404,
+            return Result(_answer(external_id, {t: [] for t, _ in contexts}, system), status=404,
                           outcome=fhir.operation_outcome("error", "not-found",
                                                          f"Target domain {unknown[0]!r} not found."))
         domains = {target: self.linker.pseudonyms.domain(target) for target, _ in contexts}
@@ -96,7 +98,7 @@ class PatientLinker:
                         values[target] = (held + [p for _, p in added])[:count]
         call.audit("pseudonymize-patient", study=study.name, domains=sorted(values),
                    created=person is not None and not read_only)
-        return _answer(external_id, values)
+        return _answer(external_id, values, system)
 
     def _keys(self, patient: dict) -> list[str]:
         """Keyed hashes of the Patient's identifiers (KVID first) and of its demographics."""
@@ -112,6 +114,10 @@ class PatientLinker:
             if family and given:
                 keys.append(self._hash("demographics", family, given, patient["birthDate"], patient["gender"]))
         return keys
+
+    def local_key(self, site: str, identifier: str) -> str:
+        """The keyed hash under which a site's own local identifier of a person is kept."""
+        return self._hash("local", site, identifier)
 
     def _hash(self, *parts: str) -> str:
         return hmac.new(self._secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
@@ -142,10 +148,10 @@ class PatientLinker:
         return best[1] if best else None
 
 
-def _answer(external_id: str, values: dict[str, list[str]]) -> dict:
+def _answer(external_id: str, values: dict[str, list[str]], system: str) -> dict:
     parameters: list[dict[str, Any]] = [{"name": "externalPatientId", "valueId": external_id}]
     for target, pseudonyms in values.items():
-        parts = [{"name": "target", "valueIdentifier": {"system": SYSTEM, "value": target}}]
-        parts += [{"name": "value", "valueIdentifier": {"system": SYSTEM, "value": p}} for p in pseudonyms]
+        parts = [{"name": "target", "valueIdentifier": {"system": system, "value": target}}]
+        parts += [{"name": "value", "valueIdentifier": {"system": system, "value": p}} for p in pseudonyms]
         parameters.append({"name": "pseudonym", "part": parts})
     return fhir.parameters(parameters)

@@ -3,6 +3,11 @@
 A study is configured in `[[dispatcher.studies]]` or created with `ttp-gateway studies create`;
 either way it lives in storage. Sites and project domains are gPAS domains of this service: a
 site's pseudonyms and a project's pseudonyms are drawn there, through the repository.
+
+A project name ending in `*` names a family of project domains, one per name with that prefix,
+each created when `$requestPsnWorkflow` first uses it (the NUM portal asks for
+`extern_<project id>`, one per research project); an event may name the pattern as its target. `identifier_system`, where set, is the Identifier.system of the study's answers (the
+NUM sites accept only `https://ths-greifswald.de/dispatcher`).
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ from typing import Any, Mapping
 
 from ttp_gateway.backends.base import Repository
 from ttp_gateway.core.registry import StoredObjects
+from ttp_gateway.core.fhir import is_absolute_uri
 
 from .idat import ELEMENT_ATTRIBUTES
 from .store import LINKAGE, StudyRecord
 
+PATTERN = "*"  # a project name ending in it is a prefix of project domains
+# `source` of `$requestPsnWorkflow` for originals that are the target site's own local
+# identifiers rather than pseudonyms of a study domain (data sent without record linkage).
+LOCAL_SOURCE = "local"
 DEFAULT_ELEMENTS = ("given", "family", "birthdate", "gender", "birthplace", "maidenname")
 # Sites send requested IDAT "as far as known"; a clearing cannot decide without these.
 REQUIRED_ELEMENTS = frozenset({"given", "family", "birthdate", "gender"})
@@ -34,9 +44,12 @@ class Event:
     whether it may create pseudonyms there or only look them up."""
 
     name: str
-    target: str
+    target: str  # a domain, or a pattern of project domains ("extern_*")
     sources: tuple[str, ...] = ()
     create: bool = True
+
+    def leads_to(self, target: str) -> bool:
+        return target == self.target or (self.target.endswith(PATTERN) and _matches(self.target, target))
 
 
 @dataclass(frozen=True)
@@ -52,12 +65,14 @@ class Study:
     idat_elements: tuple[str, ...] = DEFAULT_ELEMENTS
     events: Mapping[str, Event] = field(default_factory=dict)
     candidates: int = 3  # persons compared in one clearing at most
+    identifier_system: str | None = None  # None: the endpoint's
 
     @classmethod
     def from_settings(cls, name: str, settings: Mapping[str, Any]) -> "Study":
         """A study from its settings; ValueError names the first one that cannot work."""
         known = {"name", "sites", "projects", "versions", "default_version", "match_threshold",
-                 "possible_match_threshold", "task_ttl_hours", "idat_elements", "events", "candidates"}
+                 "possible_match_threshold", "task_ttl_hours", "idat_elements", "events", "candidates",
+                 "identifier_system"}
         unknown = set(settings) - known
         if unknown:
             raise ValueError(f"study {name!r}: unknown settings {', '.join(sorted(unknown))}")
@@ -65,6 +80,9 @@ class Study:
         projects = tuple(settings.get("projects", ()))
         if not (sites or projects) or not all(isinstance(s, str) and s for s in sites + projects):
             raise ValueError(f"study {name!r} needs sites or projects (names of domains)")
+        if any(PATTERN in s for s in sites) or any(PATTERN in p[:-1] or p == PATTERN for p in projects):
+            raise ValueError(f"study {name!r}: only a project name may end in {PATTERN!r} (a prefix "
+                             "of project domains), and only there")
         versions = {}
         for entry in settings.get("versions", [{"name": "1", "length": 1600}]):
             version = BloomFilterVersion(str(entry.get("name", "")), int(entry.get("length", 0)))
@@ -91,17 +109,21 @@ class Study:
             event = Event(name=str(entry.get("name", "")), target=str(entry.get("target", "")),
                           sources=tuple(entry.get("sources", ())), create=bool(entry.get("create", True)))
             domains = set(sites) | set(projects)
-            if not event.name or event.target not in domains or not set(event.sources) <= domains:
+            if not event.name or event.target not in domains or not set(event.sources) <= domains | {LOCAL_SOURCE}:
                 raise ValueError(f"study {name!r}: event {event.name or '(unnamed)'} needs a name and a "
                                  "target (and sources) among the study's sites and projects")
             events[event.name] = event
         candidates = int(settings.get("candidates", 3))
         if candidates < 1:
             raise ValueError(f"study {name!r}: candidates must be at least 1")
+        system = settings.get("identifier_system")
+        if system is not None and not is_absolute_uri(system):
+            raise ValueError(f"study {name!r}: identifier_system must be an absolute URI")
         return cls(name=name, sites=sites, projects=projects, versions=versions,
                    default_version=default_version, match_threshold=match,
                    possible_match_threshold=possible, task_ttl=timedelta(hours=ttl_hours),
-                   idat_elements=elements, events=events, candidates=candidates)
+                   idat_elements=elements, events=events, candidates=candidates,
+                   identifier_system=system)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -113,12 +135,22 @@ class Study:
             "events": [{"name": e.name, "target": e.target, "sources": list(e.sources), "create": e.create}
                        for e in self.events.values()],
             "candidates": self.candidates,
+            **({"identifier_system": self.identifier_system} if self.identifier_system else {}),
         }
 
     @property
     def domains(self) -> tuple[str, ...]:
-        """Every domain of the study: sites first, then projects."""
-        return self.sites + tuple(p for p in self.projects if p not in self.sites)
+        """Every domain the study names: sites first, then projects (not the patterns)."""
+        return self.sites + tuple(p for p in self.projects if p not in self.sites and not p.endswith(PATTERN))
+
+    def has_domain(self, name: str) -> bool:
+        """Whether `name` is a site or project domain of the study, by name or by pattern."""
+        return name in self.domains or self.by_pattern(name)
+
+    def by_pattern(self, name: str) -> bool:
+        """Whether `name` is a project domain of the study only through a pattern."""
+        return name not in self.projects and any(
+            p.endswith(PATTERN) and _matches(p, name) for p in self.projects)
 
     def person_key(self, person: int) -> str:
         """The original under which a person's pseudonyms are kept in the study's domains."""
@@ -130,6 +162,11 @@ class Study:
             return None
         study, _, number = key.rpartition(":")
         return int(number) if study == self.name and number.isdigit() else None
+
+
+def _matches(pattern: str, name: str) -> bool:
+    prefix = pattern[:-len(PATTERN)]
+    return len(name) > len(prefix) and name.startswith(prefix) and PATTERN not in name
 
 
 class StudyRegistry(StoredObjects[Study]):

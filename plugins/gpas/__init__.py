@@ -3,6 +3,7 @@
 Configuration:
 
     [gpas]
+    identifier_system = "https://ths-greifswald.de/gpas"   # Identifier.system of every answer
     [[gpas.domains]]              # created or updated in storage at start-up
     name = "MIRACUM"
     alphabet = "Symbol32"         # Numbers, NumbersWithoutZero, NumbersX, Hex, Symbol31, Symbol32 or characters
@@ -30,7 +31,9 @@ from ttp_gateway.core.hookspecs import hookimpl
 
 from .api import GPAS
 from .domains import Domain, DomainRegistry
-from .operations import GpasOperations
+from ttp_gateway.core.fhir import is_absolute_uri
+
+from .operations import SYSTEM, GpasOperations
 from .service import PairOutcome, Pseudonymizer
 from .store import definition
 
@@ -54,7 +57,8 @@ def ttp_setup(gateway) -> None:
 
 @hookimpl
 def ttp_operations(gateway) -> list:
-    return GpasOperations(gateway.service(GPAS)).declarations()
+    system = gateway.config.section("gpas").get("identifier_system", SYSTEM)
+    return GpasOperations(gateway.service(GPAS), system).declarations()
 
 
 @hookimpl
@@ -77,6 +81,8 @@ def ttp_startup(gateway) -> None:
 def ttp_check_config(config: Config) -> list[str]:
     section = config.section("gpas")
     problems: list[str] = []
+    if not is_absolute_uri(section.get("identifier_system", SYSTEM)):
+        problems.append("[gpas] identifier_system must be an absolute URI")
     names: set[str] = set()
     for index, settings in enumerate(_tables(section, "domains", problems)):
         name = settings.get("name")

@@ -3,12 +3,22 @@
 Response shapes follow the implementation guide's examples part for part: a found item lists
 target, original and pseudonym; an item that fails gets an `error` (or a `successStatus` with
 an issue-type code) and never fails the others. A domain named once for the whole request that
-does not exist fails the request with 404.
+does not exist fails the request with 404. Identifiers carry the endpoint's configured system
+(`[gpas] identifier_system`, the guide's `https://ths-greifswald.de/gpas` by default).
+
+The names of older gPAS versions answer in those versions' shapes, because their clients read
+those shapes (fhir-pseudonymizer chooses its parser by the gPAS version it is configured for):
+
+- gPAS before 1.10.2, `GET $pseudonymize-allow-create?domain=…&original=…` and
+  `GET $de-pseudonymize?domain=…&pseudonym=…`: one parameter per answered value, named after
+  the value sent and carrying the answer as valueString (an unknown pseudonym gets none);
+- gPAS 1.10.2, the same names with POST and Parameters: a `pseudonym-result-set` per value with
+  `target`, `original` and `pseudonym` parts as valueString, or an `error` parameter.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ttp_gateway.core import fhir
 from ttp_gateway.core.errors import NotAllowed
@@ -18,7 +28,10 @@ from ttp_gateway.core.operations import Operation, Param
 from .service import PairOutcome, Pseudonymizer
 
 ENDPOINT = "gpas"
-SYSTEM = "https://ths-greifswald.de/gpas"
+SYSTEM = "https://ths-greifswald.de/gpas"  # the guide's Identifier.system, the default
+LEGACY_ALLOW_CREATE = "pseudonymize-allow-create"
+LEGACY_DE_PSEUDONYMIZE = "de-pseudonymize"
+RESULT_SET = "pseudonym-result-set"
 CANONICAL = "https://ths-greifswald.de/fhir/OperationDefinition/gpas"
 MAX_FURTHER_PER_ITEM = 10_000
 
@@ -29,12 +42,8 @@ DUPLICATE = fhir.issue_type("duplicate")
 NOT_MULTI_PSN = fhir.issue_type("business-rule")
 
 
-def _target(doc: str) -> Param:
-    return Param("target", "string", 1, 1, doc, scope="domains")
-
-
-def _id(kind: str, value: str) -> dict[str, Any]:
-    return {"name": kind, "valueIdentifier": {"system": SYSTEM, "value": value}}
+def _target(doc: str, aliases: tuple[str, ...] = ()) -> Param:
+    return Param("target", "string", 1, 1, doc, scope="domains", aliases=aliases)
 
 
 def _code(name: str, coding: dict) -> dict[str, Any]:
@@ -44,8 +53,12 @@ def _code(name: str, coding: dict) -> dict[str, Any]:
 class GpasOperations:
     """Handlers bound to one gateway's pseudonymizer."""
 
-    def __init__(self, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, pseudonymizer: Pseudonymizer, system: str = SYSTEM) -> None:
         self.psn = pseudonymizer
+        self.system = system
+
+    def _id(self, kind: str, value: str) -> dict[str, Any]:
+        return {"name": kind, "valueIdentifier": {"system": self.system, "value": value}}
 
     # --- handlers -------------------------------------------------------------------------
     def pseudonymize(self, call: Call) -> dict:
@@ -63,6 +76,8 @@ class GpasOperations:
         with call.writing() as unit:
             found = self.psn.get_or_create(unit, domain, valid)
         call.audit("pseudonymize-allow-create", domain=domain.name, items=len(originals))
+        if call.invoked_as == LEGACY_ALLOW_CREATE:
+            return _legacy_answer(call, domain.name, originals, found, "original", lambda _: INVALID)
         return self._pseudonym_answer(domain.name, originals, found, missing=INVALID)
 
     def de_pseudonymize(self, call: Call) -> dict:
@@ -71,15 +86,20 @@ class GpasOperations:
         with call.reading() as unit:
             owners = self.psn.originals(unit, domain, pseudonyms)
         call.audit("de-pseudonymize", domain=domain.name, items=len(pseudonyms), pseudonyms=pseudonyms)
+        if call.invoked_as == LEGACY_DE_PSEUDONYMIZE:
+            return _legacy_answer(call, domain.name, pseudonyms,
+                                  {p: o for p, o in owners.items() if o is not None}, "pseudonym",
+                                  lambda p: ANONYMISED if p in owners else NOT_FOUND)
         answer = []
         for pseudonym in pseudonyms:
             original = owners.get(pseudonym)
             if original is not None:
                 answer.append({"name": "original", "part": [
-                    _id("target", domain.name), _id("original", original), _id("pseudonym", pseudonym)]})
+                    self._id("target", domain.name), self._id("original", original),
+                    self._id("pseudonym", pseudonym)]})
             else:
                 code = ANONYMISED if pseudonym in owners else NOT_FOUND
-                answer.append({"name": "error", "part": [_id("pseudonym", pseudonym),
+                answer.append({"name": "error", "part": [self._id("pseudonym", pseudonym),
                                                          _code("error-code", code)]})
         return fhir.parameters(answer)
 
@@ -116,13 +136,13 @@ class GpasOperations:
         answer = []
         for index, item in enumerate(items):
             if index in errors:
-                answer.append({"name": "error", "part": [_id("target", item["target"]),
+                answer.append({"name": "error", "part": [self._id("target", item["target"]),
                                                          _code("error-code", errors[index])]})
                 continue
             for pseudonym in created[index]:
                 answer.append({"name": "secondarypseudonym", "part": [
-                    _id("target", item["target"]), _id("original", item["value"]),
-                    _id("value", pseudonym), _code("result-code", fhir.MSG_CREATED)]})
+                    self._id("target", item["target"]), self._id("original", item["value"]),
+                    self._id("value", pseudonym), _code("result-code", fhir.MSG_CREATED)]})
         return fhir.parameters(answer)
 
     def delete_pseudonyms(self, call: Call) -> dict:
@@ -164,19 +184,19 @@ class GpasOperations:
         for index, item in enumerate(items):
             outcome = outcomes[index]
             if outcome is None:  # unknown domain: the guide's example names only the target
-                parts = [_id("target", item["target"]), _code("result-code", NOT_FOUND)]
+                parts = [self._id("target", item["target"]), _code("result-code", NOT_FOUND)]
             else:
-                parts = [_id("target", item["target"]), _id("original", item["original"]),
-                         _id("value", item["value"]), _code("result-code", _PAIR_CODES[outcome])]
+                parts = [self._id("target", item["target"]), self._id("original", item["original"]),
+                         self._id("value", item["value"]), _code("result-code", _PAIR_CODES[outcome])]
             answer.append({"name": "successStatus", "part": parts})
         return fhir.parameters(answer)
 
     # --- answers --------------------------------------------------------------------------
-    @staticmethod
-    def _pseudonym_answer(domain: str, originals: list[str], found: dict[str, str],
+    def _pseudonym_answer(self, domain: str, originals: list[str], found: dict[str, str],
                           missing: dict = NOT_FOUND) -> dict:
         # The hot path of large batches: dict literals, one shared target part.
-        target = _id("target", domain)
+        system = self.system
+        target = self._id("target", domain)
         error_code = _code("error-code", missing)
         answer = []
         append = answer.append
@@ -185,18 +205,17 @@ class GpasOperations:
             if pseudonym is not None:
                 append({"name": "pseudonym", "part": [
                     target,
-                    {"name": "original", "valueIdentifier": {"system": SYSTEM, "value": original}},
-                    {"name": "pseudonym", "valueIdentifier": {"system": SYSTEM, "value": pseudonym}}]})
+                    {"name": "original", "valueIdentifier": {"system": system, "value": original}},
+                    {"name": "pseudonym", "valueIdentifier": {"system": system, "value": pseudonym}}]})
             else:
-                append({"name": "error", "part": [_id("original", original), error_code]})
+                append({"name": "error", "part": [self._id("original", original), error_code]})
         return fhir.parameters(answer)
 
-    @staticmethod
-    def _status_answer(domain: str, originals: list[str], done: set[str], success: dict) -> dict:
-        target = _id("target", domain)
+    def _status_answer(self, domain: str, originals: list[str], done: set[str], success: dict) -> dict:
+        target = self._id("target", domain)
         return fhir.parameters(
             {"name": "successStatus", "part": [
-                target, _id("original", original),
+                target, self._id("original", original),
                 _code("result-code", success if original in done else NOT_FOUND)]}
             for original in originals)
 
@@ -218,16 +237,17 @@ class GpasOperations:
                                  "originals get an error part.",
                      parameters=(_target("domain to look in"), originals), returns=(found, error)),
             self._op("pseudonymizeAllowCreate", self.pseudonymize_allow_create,
-                     aliases=("pseudonymize-allow-create",),
+                     aliases=(LEGACY_ALLOW_CREATE,), legacy_get=(LEGACY_ALLOW_CREATE,),
                      description="The pseudonyms of 1..n originals in one domain, created where "
                                  "missing; idempotent.",
-                     parameters=(_target("domain to look in and create in"), originals),
+                     parameters=(_target("domain to look in and create in", aliases=("domain",)),
+                                 originals),
                      returns=(found, error)),
-            self._op("dePseudonymize", self.de_pseudonymize, aliases=("de-pseudonymize",),
+            self._op("dePseudonymize", self.de_pseudonymize, aliases=(LEGACY_DE_PSEUDONYMIZE,),
                      affects_state=False, quick_read=True,
                      description="The originals of 1..n pseudonyms in one domain; unknown and "
                                  "anonymised pseudonyms get an error part.",
-                     parameters=(_target("domain to look in"),
+                     parameters=(_target("domain to look in", aliases=("domain",)),
                                  Param("pseudonym", "string", 1, "*", "pseudonyms")),
                      returns=(Param("original", None, 0, "*", "the original of one pseudonym", parts=(
                          Param("original", "Identifier", 1, 1), Param("target", "Identifier", 1, 1),
@@ -275,6 +295,28 @@ class GpasOperations:
     def _op(name: str, handler: Any, **declaration: Any) -> Operation:
         return Operation(endpoint=ENDPOINT, name=name, handler=handler,
                          url=f"{CANONICAL}/{name}", title=name, **declaration)
+
+
+def _legacy_answer(call: Call, domain: str, asked: list[str], answers: dict[str, str],
+                   asked_as: str, missing: Callable[[str], dict]) -> dict:
+    """The answer of an older gPAS name: before 1.10.2 (GET) one valueString parameter named
+    after each value sent; 1.10.2 (POST) a `pseudonym-result-set` per value, or an `error`."""
+    if call.http_method == "GET":
+        return fhir.parameters({"name": value, "valueString": answers[value]}
+                               for value in dict.fromkeys(asked) if value in answers)
+    answer = []
+    for value in asked:
+        found = answers.get(value)
+        if found is None:
+            answer.append({"name": "error", "part": [
+                {"name": asked_as, "valueString": value},
+                _code("error-code", missing(value))]})
+            continue
+        original, pseudonym = (value, found) if asked_as == "original" else (found, value)
+        answer.append({"name": RESULT_SET, "part": [
+            {"name": "target", "valueString": domain}, {"name": "original", "valueString": original},
+            {"name": "pseudonym", "valueString": pseudonym}]})
+    return fhir.parameters(answer)
 
 
 _PAIR_CODES = {

@@ -92,10 +92,13 @@ class MongoPseudonymStore(PseudonymStore):
             {"_id": 0, "original": 1, "number": 1})}
         stored: list[PseudonymRow] = []
         for row in rows:  # in order: of rows sharing a key, the first one wins, as in SQL
-            if row.pseudonym in taken_pseudonyms or (row.original, row.number) in taken_numbers:
+            # A row without an original holds no (original, number) key, as a NULL in SQL.
+            number = None if row.original is None else (row.original, row.number)
+            if row.pseudonym in taken_pseudonyms or number in taken_numbers:
                 continue
             taken_pseudonyms.add(row.pseudonym)
-            taken_numbers.add((row.original, row.number))
+            if number is not None:
+                taken_numbers.add(number)
             stored.append(row)
         if stored:
             self._pseudonyms.insert_many([_document(domain, row) for row in stored], ordered=True)
