@@ -60,7 +60,10 @@ def ttp_cli_commands(subparsers: "argparse._SubParsersAction") -> None:
     """When the command line is built: add admin sub-commands.
 
     Give each parser `set_defaults(run=function)`; the CLI calls `function(args, gateway)` with
-    a gateway on the configured storage and exits with its return value (0 for success)."""
+    a gateway on the configured storage and exits with its return value (0 for success).
+    A command that needs no storage sets `set_defaults(run=function, gateway=False)` and is
+    called as `function(args, None)`, without loading the configuration. A `ValueError` a
+    command raises is printed as `error: ...` with exit code 1."""
 
 
 @hookspec
