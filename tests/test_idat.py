@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkage.people import TYPOS, Record, duplicate_pairs, namesake_pairs, population, twin_pairs
+from linkage.people import BIRTH_DATE_TYPO, TYPOS, Record, duplicate_pairs, namesake_pairs, population, twin_pairs
 from ttp_gateway.core.errors import Unprocessable
 from ttp_gateway.plugins.dispatcher.idat import (
     Agreement, Decision, Idat, IdatError, Rule, compare, compare_pairs, edit_distance, idat_from_patient,
@@ -379,8 +379,9 @@ def generated() -> list[Record]:
 
 
 def test_same_person_with_at_most_one_typo_matches(generated: list[Record]) -> None:
+    # Typos in names; a mistyped birth date is another date to the clearing (see bench/quality.py).
     pairs = [(a, b) for a, b in duplicate_pairs(generated) if len((a.errors | b.errors) & TYPOS) <= 1
-             and a.typo_count + b.typo_count <= 1]
+             and a.typo_count + b.typo_count <= 1 and BIRTH_DATE_TYPO not in a.errors | b.errors]
     assert len(pairs) > 2000
     matched = sum(compare(_idat(a), _idat(b)).is_match for a, b in pairs)
     assert matched / len(pairs) >= 0.99
