@@ -86,7 +86,8 @@ def test_a_changed_detail_changes_the_filter() -> None:
         published().encode_base64({**MUSTERMANN, "gender": "M"}),
         RecordFilterEncoder(RecordFilterSpec({**SEEDS, "gender": 1}, BALANCED_SEED, 800,
                                              PUBLISHED_VOCABULARY)).encode_base64(MUSTERMANN),
-        RecordFilterEncoder(RecordFilterSpec(SEEDS, BALANCED_SEED + 1, 800, PUBLISHED_VOCABULARY)).encode_base64(MUSTERMANN),
+        RecordFilterEncoder(RecordFilterSpec(SEEDS, BALANCED_SEED + 1, 800,
+                                             PUBLISHED_VOCABULARY)).encode_base64(MUSTERMANN),
     ]
     assert all(text != MUSTERMANN_FILTER for text in changed)
 

@@ -160,13 +160,11 @@ def read_spec(path: Path, *, length: int | None = None, vocabulary: str | None =
         raw = path.read_bytes()
     except OSError as error:
         raise ValueError(f"cannot read the seeds file {path}: {error.strerror}") from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
     try:
-        if path.suffix.lower() == ".json":
-            properties = json.loads(raw)
-        else:
-            properties = tomllib.loads(raw.decode("utf-8"))
+        properties = json.loads(raw) if kind == "JSON" else tomllib.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):  # messages may quote the file: it holds secrets
-        raise ValueError(f"the seeds file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}") from None
+        raise ValueError(f"the seeds file {path} is not valid {kind}") from None
     if not isinstance(properties, dict):
         raise ValueError(f"the seeds file {path} holds no table of settings")
     return spec_from_properties(properties, length=length, vocabulary=vocabulary)
