@@ -31,7 +31,7 @@ lastName 311296856, birthDate 897689196, gender 298767897, length 800, the vocab
 `PUBLISHED_VOCABULARY`, Herr / Mustermann / 19200101 / m): see tests/test_encoder.py.
 
 Not modelled: the library's `StringFieldConcatenation` (a site joins such fields before
-encoding), replacement texts with `$` or `\` (rejected), and Turkish or Lithuanian default
+encoding), replacement texts with `$` or a backslash (rejected), and Turkish or Lithuanian default
 locales of the JVM (whose `toUpperCase` differs).
 
 Seeds are the network's secret: nothing here logs them or a field value, and error messages
