@@ -132,7 +132,7 @@ def encode_filters(args: argparse.Namespace, _gateway: None) -> int:
             raise ValueError(f"the input has a '{FILTER_COLUMN}' column already")
         passed = [i for i, name in enumerate(header) if name not in spec.seeds]
         outside: Counter[str] = Counter()
-        with _output(args.output) as out:
+        with _Output(args.output) as out:
             writer = csv.writer(out, delimiter=args.delimiter, lineterminator="\n")
             writer.writerow([header[i] for i in passed] + [FILTER_COLUMN])
             count = 0
@@ -181,7 +181,7 @@ def _read_text(name: str) -> str:
         raise ValueError("the input is not UTF-8 text") from None
 
 
-class _output:
+class _Output:
     """Standard output, or a file that appears only when every record was encoded."""
 
     def __init__(self, name: str) -> None:
