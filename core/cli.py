@@ -7,6 +7,7 @@
     ttp-gateway <plugin commands>, e.g. domains list | domains create NAME ...
 
 `--config` may stand anywhere on the line; without it TTP_GATEWAY_CONFIG names the file.
+Commands that set `gateway=False` run without configuration and without opening storage.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "gateway", True) is False:  # a command that needs no storage
+        if getattr(args, "gateway", True) is False:
+            # A command that only transforms files needs neither configuration nor storage.
             return int(args.run(args, None) or 0)
         config = load_config(config_path)
         if args.run in (serve, check_config):

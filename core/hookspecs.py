@@ -103,8 +103,10 @@ def ttp_cli_commands(subparsers: "argparse._SubParsersAction") -> None:
 
     Give each parser `set_defaults(run=function)`; the CLI calls `function(args, gateway)` with a
     gateway on the configured storage (set up, not started: no seeding, no warm caches) and
-    exits with its return value (0 for success). With `set_defaults(gateway=False)` the command
-    runs as `function(args, None)` without opening storage."""
+    exits with its return value (0 for success). A command that needs no storage sets
+    `set_defaults(run=function, gateway=False)` and is called as `function(args, None)`, without
+    loading the configuration. A `ValueError` a command raises is printed as `error: ...` with
+    exit code 1."""
 
 
 @hookspec

@@ -102,19 +102,19 @@ def test_request_tasks(demo_config, clock, fmt) -> None:
         # repeat_request: a clearing of eyematics that expires.
         data, ones = balanced_filter(rng)
         muenster.request_psn(b64(data))
-        assert eyematics.request_psn(b64(similar_filter(ones, 0.8, rng)))[0][1] == "incomplete"
+        assert eyematics.request_psn(b64(similar_filter(ones, 0.88, rng)))[0][1] == "incomplete"
         clock.advance(days=15)
         # dic_psn_available: a clearing of eyematics that is decided.
         data, ones = balanced_filter(rng)
         muenster.request_psn(b64(data))
-        assert eyematics.request_psn(b64(similar_filter(ones, 0.8, rng)))[0][1] == "incomplete"
+        assert eyematics.request_psn(b64(similar_filter(ones, 0.88, rng)))[0][1] == "incomplete"
         for site in (eyematics, muenster):
             task = next(t for t in site.tasks() if t["kind"] == "send_idat")
             site.provide(task["taskId"], idat_patient(**person))
         # send_idat naming a pseudonym: eyematics holds the candidate of dic_muenster's clearing.
         data, ones = balanced_filter(rng)
         eyematics.request_psn(b64(data))
-        assert muenster.request_psn(b64(similar_filter(ones, 0.8, rng)))[0][1] == "incomplete"
+        assert muenster.request_psn(b64(similar_filter(ones, 0.88, rng)))[0][1] == "incomplete"
 
         answer = post(client, "requestTasks", ex("Parameters-Parameters-RequestTasks-request-example-1"), fmt)
     expected = copy.deepcopy(ex("Parameters-Parameters-RequestTasks-response-example-1"))

@@ -69,7 +69,7 @@ def start_clearing(dispatcher, rng) -> tuple[Site, Site, str, str, str]:
     muenster, erlangen = Site(dispatcher, "dic_muenster"), Site(dispatcher, "dic_erlangen")
     data, ones = balanced_filter(rng)
     [(_, held)] = muenster.request_psn(b64(data))
-    uncertain = b64(similar_filter(ones, 0.82, rng))
+    uncertain = b64(similar_filter(ones, 0.88, rng))
     assert erlangen.request_psn(uncertain) == [("error", "incomplete")]
     return muenster, erlangen, held, uncertain, b64(data)
 

@@ -545,7 +545,7 @@ def test_precision_and_recall_over_generated_people(corpus: Corpus) -> None:
     assert false["twins"] == 0  # the generator names twins clearly differently
     # The rules before this model decided every mistyped birth date "different person".
     assert sum(by_error[BIRTH_DATE_TYPO]) / len(by_error[BIRTH_DATE_TYPO]) >= 0.9
-    assert sum(by_error[DAY_MONTH_SWAPPED]) / len(by_error[DAY_MONTH_SWAPPED]) >= 0.95
+    assert sum(by_error[DAY_MONTH_SWAPPED]) / len(by_error[DAY_MONTH_SWAPPED]) >= 0.9
 
 
 @settings(max_examples=20, deadline=None)

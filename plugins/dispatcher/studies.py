@@ -60,7 +60,7 @@ class Study:
     versions: Mapping[str, BloomFilterVersion] = field(default_factory=dict)
     default_version: str = "1"
     match_threshold: float = 0.94
-    possible_match_threshold: float = 0.78
+    possible_match_threshold: float = 0.82
     task_ttl: timedelta = timedelta(days=14)
     idat_elements: tuple[str, ...] = DEFAULT_ELEMENTS
     events: Mapping[str, Event] = field(default_factory=dict)

@@ -1,20 +1,21 @@
 """Synthetic German patients, their records at several hospital sites, and the sites' Bloom filters.
 
 Test-side code: it plays the sites of a research network. `population()` draws people and lets
-each appear at one or more sites, where each record is typed with realistic errors (typos, umlaut
-spellings, a family name changed by marriage, day and month of the birth date exchanged, a second
-given name left out, case and whitespace noise, academic titles typed into the name). Hard cases
-are made on purpose: twins (same family name, birth date and place, other given names) and
-namesakes (same names, another birth date). Every record knows its true person, so tests can
-count what a linkage found against the truth.
+each appear at one or more sites, where each record is typed with errors at the rates of
+`ErrorRates` (documented there, with their sources). Hard cases are made on purpose: twins (same
+family name, birth date and place, other given names) and namesakes (same names, another birth
+date). Every record knows its true person and the error kinds it carries (`Record.errors`;
+`record_kinds` adds "twin" and "namesake"), so tests and benchmarks count what a linkage found
+against the truth, per kind of error.
 
-`BloomFilterEncoder` builds balanced record-level Bloom filters the way the sites of the network
-do: one filter of L bits for all fields (bigrams of normalised values, k keyed-hash positions per
-bigram, a key per field), concatenated with its complement (2L bits, exactly L of them set) and
-permuted with a fixed seed, serialised like Java's `BitSet.toByteArray()` and base64-encoded.
+`BloomFilterEncoder` makes the filters exactly as the NUM sites do, with the Mainzelliste fTTP
+client library's published configuration (`ttp_gateway.plugins.dispatcher.encoder`): fields
+firstName (the given names, space-separated), lastName, birthDate (YYYYMMDD) and gender (m/f/o/u),
+the library's name normalisation, 30 positions per bigram, `length` 800 or 900, i.e. balanced
+filters of 1600 or 1800 bits.
 
 Everything is reproducible for a seed (within one Python version: `random.Random` is used for the
-people; the Bloom filters use no Python PRNG at all and are stable everywhere).
+people; the Bloom filters use `java.util.Random`, as the sites do, and are stable everywhere).
 
 The name lists are our own compilation of common German names; weights fall with the rank
 (Zipf-like), so namesakes occur roughly as often as they do in reality. First names with "ß" are
@@ -25,8 +26,6 @@ birth places only.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import random
 import re
 import unicodedata
@@ -37,6 +36,10 @@ from datetime import date, timedelta
 from itertools import combinations
 
 import numpy as np
+
+from ttp_gateway.plugins.dispatcher.encoder import (
+    PUBLISHED_NORMALISATION, PUBLISHED_VOCABULARY, RecordFilterEncoder, RecordFilterSpec,
+)
 
 # --- name and place lists -------------------------------------------------------------------------
 
@@ -165,30 +168,68 @@ _DEGREE_WEIGHTS = tuple(weight for _, weight in ACADEMIC_DEGREES)
 TYPO_GIVEN = "typo-given"
 TYPO_FAMILY = "typo-family"
 UMLAUT_VARIANT = "umlaut-variant"
+HYPHEN_VARIANT = "hyphen-variant"
 FAMILY_NAME_CHANGED = "family-name-changed"
 DAY_MONTH_SWAPPED = "day-month-swapped"
+BIRTH_DATE_TYPO = "birth-date-typo"
 SECOND_GIVEN_MISSING = "second-given-missing"
 CASE_NOISE = "case-noise"
 WHITESPACE_NOISE = "whitespace-noise"
 TITLE_IN_NAME = "title-in-name"
 TYPOS = frozenset({TYPO_GIVEN, TYPO_FAMILY})
+ERROR_KINDS: tuple[str, ...] = (
+    TYPO_GIVEN, TYPO_FAMILY, UMLAUT_VARIANT, HYPHEN_VARIANT, FAMILY_NAME_CHANGED, DAY_MONTH_SWAPPED,
+    BIRTH_DATE_TYPO, SECOND_GIVEN_MISSING, CASE_NOISE, WHITESPACE_NOISE, TITLE_IN_NAME)
+# Labels of records whose person is a hard case, not an error of the record.
+TWIN = "twin"
+NAMESAKE = "namesake"
 
 
 @dataclass(frozen=True)
 class ErrorRates:
-    """Per-record probabilities of each kind of error.
+    """Per-record probabilities of each kind of error, where the error is possible.
 
     A rate applies where the error is possible: the umlaut variant to records with umlauts, ß or a
-    transcribed umlaut, the day/month swap to dates with day <= 12 and day != month, the missing
-    second given name to people with two, the title in the name to people with a degree at the
-    sites that type titles into names.
+    transcribed umlaut, the hyphen variant to names with a hyphen or a space, the day/month swap to
+    dates with day <= 12 and day != month, the missing second given name to people with two, the
+    title in the name to people with a degree at the sites that type titles into names.
+
+    The defaults, and why (no German registry publishes per-field error rates that we found, so
+    most are assumptions; they err on the side of more errors):
+
+    - typo_given, typo_family 2 % each: one keyboard slip (substitution by a neighbouring key,
+      deletion, insertion, transposition) in a name typed at registration. Assumption.
+    - umlaut_variant 10 %: ä/ö/ü/ß spelled ae/oe/ue/ss (systems without umlauts, transferred
+      records), or a spelled-out umlaut typed as one. Assumption. Harmless for the library's
+      normalisation, which spells umlauts out and upper-cases ß to SS.
+    - hyphen_variant 15 %: "Hans-Peter" as "Hans Peter" or "Hanspeter", "Anna Lena" as
+      "Anna-Lena", a double family name without its hyphen. Assumption.
+    - family_name_changed 2 %: a name changed between the records of two sites (marriage,
+      divorce). About 400,000 marriages a year in Germany (Destatis), in about three quarters of
+      which the wife takes the husband's name, change the names of roughly 0.4 % of adults a
+      year; records at two sites lie years apart.
+    - day_month_swapped 0.5 %, birth_date_typo 0.5 % (one digit of day, month or the last two of
+      the year): in English hospital data checked against the NHS register, sex and birth date
+      disagreed or were missing in 0.11 % of records (Harron et al., BMC Med Res Methodol 2017,
+      17:23); without a national identifier to check against, we assume more.
+    - second_given_missing 15 %: many systems register the call name only. Assumption.
+    - case_noise 10 %, whitespace_noise 5 %: upper-case entry, stray or double blanks. Case is
+      harmless (upper-cased); leading and trailing blanks are trimmed, inner double blanks stay.
+    - title_in_name 80 %: at sites whose systems have no field for academic titles (every third
+      site), a title goes in front of a name; the library removes "Dr." and "Dipl." only.
+
+    Twins (`twin_share` of `population`, 3 %) and namesakes (`namesake_share`, 2 % on top of the
+    namesakes the name frequencies make) are people, not errors: multiple births are about 1.5 to
+    2 % of deliveries in Germany (Destatis), so about 3 % of people are a twin.
     """
 
-    typo_given: float = 0.03
-    typo_family: float = 0.03
+    typo_given: float = 0.02
+    typo_family: float = 0.02
     umlaut_variant: float = 0.10
+    hyphen_variant: float = 0.15
     family_name_changed: float = 0.02
-    day_month_swapped: float = 0.01
+    day_month_swapped: float = 0.005
+    birth_date_typo: float = 0.005
     second_given_missing: float = 0.15
     case_noise: float = 0.10
     whitespace_noise: float = 0.05
@@ -479,6 +520,33 @@ def restore_umlaut(text: str) -> str:
     return _SPELLED_UMLAUT.sub(lambda m: {"ae": "ä", "oe": "ö", "ue": "ü"}[m.group(1)], text, count=1)
 
 
+def hyphen_variant(name: str, rng: random.Random) -> str:
+    """A compound name spelled another way: "Hans-Peter" as "Hans Peter" or "Hanspeter",
+    "Anna Lena" as "Anna-Lena"."""
+    if "-" in name:
+        if rng.random() < 0.6:
+            return name.replace("-", " ")
+        first, _, rest = name.partition("-")
+        return first + rest.replace("-", "").lower()
+    return name.replace(" ", "-")
+
+
+def _birth_date_typo(day: date, rng: random.Random) -> date:
+    """One digit of day, month or the year's last two digits typed wrong, giving another valid
+    date (not the day/month swap, which is an error kind of its own)."""
+    digits = f"{day.day:02d}{day.month:02d}{day.year:04d}"
+    while True:
+        position = rng.choice((0, 1, 2, 3, 6, 7))
+        digit = rng.choice([d for d in "0123456789" if d != digits[position]])
+        typed = digits[:position] + digit + digits[position + 1:]
+        try:
+            result = date(int(typed[4:]), int(typed[2:4]), int(typed[:2]))
+        except ValueError:
+            continue
+        if result != _swap_day_month(day):
+            return result
+
+
 def _has_umlaut(text: str | None) -> bool:
     return bool(text) and any(ch in _UMLAUT_SPELLINGS for ch in text)
 
@@ -528,6 +596,17 @@ class _RecordMaker:
         if swapped is not None and self.happens(rates.day_month_swapped):
             birth_date = swapped
             errors.add(DAY_MONTH_SWAPPED)
+        if self.happens(rates.birth_date_typo):
+            birth_date = _birth_date_typo(birth_date, rng)
+            errors.add(BIRTH_DATE_TYPO)
+        parted = [i for i, name in enumerate(given) if "-" in name or " " in name]
+        if (parted or "-" in family) and self.happens(rates.hyphen_variant):
+            if parted and ("-" not in family or rng.random() < 0.7):
+                index = rng.choice(parted)
+                given[index] = hyphen_variant(given[index], rng)
+            else:
+                family = hyphen_variant(family, rng)
+            errors.add(HYPHEN_VARIANT)
         texts = [*given, family, birth_name, place]
         if any(_has_umlaut(text) for text in texts):
             if self.happens(rates.umlaut_variant):
@@ -641,68 +720,29 @@ def namesake_pairs(records: Sequence[Record]) -> list[tuple[Record, Record]]:
     return _related_pairs(records, "namesake_of")
 
 
+def record_kinds(records: Sequence[Record]) -> dict[str, frozenset[str]]:
+    """Each record's error kinds, with TWIN / NAMESAKE added where the record's person has a
+    twin / a namesake among the people of `records` (both of a namesake pair are labelled)."""
+    present = {record.person_id for record in records}
+    twins, namesakes = set(), set()
+    for record in records:
+        person = record.person
+        if person is None:
+            continue
+        if person.twin_of is not None and person.twin_of in present:
+            twins.add(person.person_id)
+        if person.namesake_of is not None and person.namesake_of in present:
+            namesakes.update((person.person_id, person.namesake_of))
+    return {record.record_id: record.errors | ({TWIN} if record.person_id in twins else set())
+            | ({NAMESAKE} if record.person_id in namesakes else set()) for record in records}
+
+
 def duplicate_pairs(records: Sequence[Record]) -> list[tuple[Record, Record]]:
     """Pairs of records of the same person."""
     return [(a, b) for group in records_by_person(records).values() for a, b in combinations(group, 2)]
 
 
 # --- Bloom filters --------------------------------------------------------------------------------
-
-_BF_TRANSLITERATION = str.maketrans({"Ä": "AE", "Ö": "OE", "Ü": "UE", "ẞ": "SS", "Æ": "AE",
-                                     "Œ": "OE", "Ø": "O", "Ł": "L", "Đ": "D", "Ð": "D", "Þ": "TH"})
-# A leading academic title: it starts with Prof/Dr/PD/Dipl, further parts may follow ("Dr. med.").
-_BF_TITLE_SEPARATOR = r"(?:[.\s-]+|$)"
-_BF_TITLE = re.compile(
-    rf"^(?:(?:PROF|DR|PD|DIPL){_BF_TITLE_SEPARATOR}"
-    rf"(?:(?:PROF|DR|ING|MED|DENT|VET|RER|NAT|PHIL|JUR|OEC|HABIL|MULT|H\.\s*C){_BF_TITLE_SEPARATOR})*)+")
-
-
-def normalise_for_bloom_filter(text: str | None) -> str:
-    """Upper case; Ä/Ö/Ü -> AE/OE/UE, ß -> SS; leading academic titles removed; other diacritics
-    stripped; hyphens as spaces, other punctuation removed; whitespace collapsed."""
-    if not text:
-        return ""
-    upper = unicodedata.normalize("NFC", text).upper().translate(_BF_TRANSLITERATION)  # ß -> SS by upper()
-    upper = _BF_TITLE.sub("", upper.strip())
-    upper = "".join(ch for ch in unicodedata.normalize("NFKD", upper) if not unicodedata.combining(ch))
-    upper = upper.replace("-", " ")
-    upper = re.sub(r"[^A-Z0-9 ]", "", upper)
-    return " ".join(upper.split())
-
-
-def bigrams(value: str) -> list[str]:
-    """Bigrams of a value padded with one space at both ends: "AB" -> [" A", "AB", "B "]."""
-    padded = f" {value} "
-    return [padded[i:i + 2] for i in range(len(padded) - 1)]
-
-
-def _splitmix64(state: int) -> tuple[int, int]:
-    state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    z = state
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return state, z ^ (z >> 31)
-
-
-def fisher_yates_permutation(size: int, seed: int) -> np.ndarray:
-    """A permutation of range(size) by a Fisher–Yates shuffle driven by SplitMix64 (seeded).
-
-    Our own PRNG instead of numpy's or Python's, whose streams are not promised to stay the same
-    across versions: every site must compute the very same permutation.
-    """
-    order = list(range(size))
-    state = seed & 0xFFFFFFFFFFFFFFFF
-    for i in range(size - 1, 0, -1):
-        bound = i + 1
-        limit = (1 << 64) - ((1 << 64) % bound)  # rejection keeps the draw uniform
-        while True:
-            state, value = _splitmix64(state)
-            if value < limit:
-                break
-        j = value % bound
-        order[i], order[j] = order[j], order[i]
-    return np.array(order, dtype=np.int64)
-
 
 def bitset_to_bytes(bits: np.ndarray | Sequence[bool]) -> bytes:
     """Java `BitSet.toByteArray()`: bit i is bit i % 8 (least significant first) of byte i // 8;
@@ -733,113 +773,56 @@ def dice(a: bytes | str, b: bytes | str) -> float:
     return 2 * (x & y).bit_count() / total if total else 1.0
 
 
-BLOOM_FILTER_FIELDS = ("given", "family", "birthdate", "sex", "birthplace")
+# The published test configuration of the Mainzelliste fTTP library: public seeds, fine for a test
+# network (a real network keeps its seeds secret).
+NETWORK_SEEDS: Mapping[str, int] = {"firstName": 487484864, "lastName": 311296856, "birthDate": 897689196,
+                                    "gender": 298767897}
+NETWORK_BALANCED_SEED = 154866848
+# In the published vocabulary ("m" and "f" are in it; a lower-case "w" would set no bits).
+SEX_CODES: Mapping[str, str] = {"male": "m", "female": "f", "other": "o", "unknown": "u"}
+FILTER_LENGTHS = (800, 900)  # the library's length: filters of 1600 and 1800 bits
 
 
 class BloomFilterEncoder:
-    """Balanced record-level Bloom filters, as the network's sites build them.
+    """The sites' filters of records, exactly as the Mainzelliste fTTP library makes them.
 
-    For each field (given names, family name, birth date, sex; birth place if `with_birth_place`)
-    the normalised value is split into padded bigrams; each bigram sets `hash_count` positions of
-    one filter of `length` bits. The positions come from HMAC-SHA256 under a key per field, in
-    counter mode (block c = HMAC(key, bigram || c), 4 bytes per position, mod `length`), so they are
-    deterministic for (key, field, bigram) and the same bigram in two fields lands apart. The
-    filter is then balanced: concatenated with its complement (2·length bits, exactly `length`
-    set), and the 2·length positions are permuted by a seeded Fisher–Yates shuffle.
+    `length` is the library's: the filters have 2·length bits (`filter_bits`). Seeds, vocabulary
+    and normalisation are the library's published configuration unless given.
     """
 
-    def __init__(self, secret: bytes = b"ttp-gateway test network secret", *, length: int = 800,
-                 hash_count: int = 30, with_birth_place: bool = False,
-                 birth_date_format: str = "DDMMYYYY", permutation_seed: int = 20210527,
-                 field_keys: Mapping[str, bytes] | None = None,
-                 sex_codes: Mapping[str, str] | None = None) -> None:
-        if birth_date_format not in ("DDMMYYYY", "YYYYMMDD"):
-            raise ValueError("birth_date_format must be DDMMYYYY or YYYYMMDD")
-        self.length = length
-        self.hash_count = hash_count
-        self.fields = BLOOM_FILTER_FIELDS if with_birth_place else BLOOM_FILTER_FIELDS[:4]
-        self.birth_date_format = birth_date_format
-        self.sex_codes = dict(sex_codes or {"male": "M", "female": "F", "other": "D", "unknown": "U"})
-        self.keys = {name: (field_keys or {}).get(name) or
-                     hmac.new(secret, f"field:{name}".encode(), hashlib.sha256).digest()
-                     for name in self.fields}
-        self.permutation = fisher_yates_permutation(2 * length, permutation_seed)
-        self._bigram_positions: dict[tuple[str, str], np.ndarray] = {}
-        self._value_positions: dict[tuple[str, str], np.ndarray] = {}
-        self._normalised: dict[str, str] = {}  # synthetic names repeat; caching them is harmless here
+    def __init__(self, length: int = 800, *, seeds: Mapping[str, int] = NETWORK_SEEDS,
+                 balanced_seed: int = NETWORK_BALANCED_SEED, vocabulary: str = PUBLISHED_VOCABULARY,
+                 sex_codes: Mapping[str, str] = SEX_CODES) -> None:
+        self.spec = RecordFilterSpec(seeds=seeds, balanced_seed=balanced_seed, length=length,
+                                     vocabulary=vocabulary, normalisation=PUBLISHED_NORMALISATION)
+        self.encoder = RecordFilterEncoder(self.spec)
+        self.sex_codes = dict(sex_codes)
 
-    # Field values ------------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return self.spec.length
+
+    @property
+    def filter_bits(self) -> int:
+        return self.spec.filter_bits
 
     def field_values(self, record: Record) -> dict[str, str]:
-        """The normalised value of each field of a record (empty values are left out)."""
+        """The record as a site hands it to the library (before the library's normalisation)."""
         day = record.birth_date
-        day_first = self.birth_date_format == "DDMMYYYY"
-        values = {
-            "given": " ".join(filter(None, (self._normalise(g) for g in record.given_names))),
-            "family": self._normalise(record.family_name),
-            "birthdate": (f"{day.day:02d}{day.month:02d}{day.year:04d}" if day_first
-                          else f"{day.year:04d}{day.month:02d}{day.day:02d}"),
-            "sex": self.sex_codes.get(record.sex, ""),
-            "birthplace": self._normalise(record.birth_place),
-        }
-        return {name: values[name] for name in self.fields if values[name]}
-
-    def _normalise(self, text: str | None) -> str:
-        if not text:
-            return ""
-        normal = self._normalised.get(text)
-        if normal is None:
-            normal = self._normalised[text] = normalise_for_bloom_filter(text)
-        return normal
-
-    # Positions -----------------------------------------------------------------------------------
-
-    def bigram_positions(self, field_name: str, bigram: str) -> np.ndarray:
-        """The `hash_count` positions (with repeats) one bigram sets in one field."""
-        cache_key = (field_name, bigram)
-        positions = self._bigram_positions.get(cache_key)
-        if positions is None:
-            key, message = self.keys[field_name], bigram.encode("utf-8")
-            stream = b"".join(hmac.new(key, message + counter.to_bytes(4, "big"), hashlib.sha256).digest()
-                              for counter in range((self.hash_count * 4 + 31) // 32))
-            words = np.frombuffer(stream[:self.hash_count * 4], dtype=">u4").astype(np.int64)
-            positions = words % self.length
-            self._bigram_positions[cache_key] = positions
-        return positions
-
-    def value_positions(self, field_name: str, value: str) -> np.ndarray:
-        """All positions a field value sets (names repeat a lot, so values are cached too)."""
-        cache_key = (field_name, value)
-        positions = self._value_positions.get(cache_key)
-        if positions is None:
-            # Repeats are harmless when setting bits, and np.unique would cost more than it saves.
-            positions = np.concatenate([self.bigram_positions(field_name, g) for g in bigrams(value)])
-            self._value_positions[cache_key] = positions
-        return positions
-
-    # Encoding ------------------------------------------------------------------------------------
-
-    def unbalanced_bits(self, values: Mapping[str, str]) -> np.ndarray:
-        bits = np.zeros(self.length, dtype=bool)
-        for name, value in values.items():
-            bits[self.value_positions(name, value)] = True
-        return bits
-
-    def balance(self, bits: np.ndarray) -> np.ndarray:
-        """Filter and complement, permuted: 2·length bits of which exactly `length` are set."""
-        return np.concatenate([bits, ~bits], axis=-1)[..., self.permutation]
+        return {"firstName": " ".join(record.given_names), "lastName": record.family_name,
+                "birthDate": f"{day.year:04d}{day.month:02d}{day.day:02d}",
+                "gender": self.sex_codes.get(record.sex, "")}
 
     def bits(self, record: Record) -> np.ndarray:
-        return self.balance(self.unbalanced_bits(self.field_values(record)))
+        return self.encoder.bits(self.field_values(record))
 
     def encode(self, record: Record) -> bytes:
         """The balanced filter as Java `BitSet.toByteArray()` bytes."""
-        return bitset_to_bytes(self.bits(record))
+        return self.encoder.encode(self.field_values(record))
 
     def encode_base64(self, record: Record) -> str:
-        return base64.b64encode(self.encode(record)).decode("ascii")
+        return self.encoder.encode_base64(self.field_values(record))
 
     def encode_many(self, records: Iterable[Record]) -> list[bytes]:
-        """`encode` for many records: ~20,000 records in well under a second (about 30 µs a record;
-        names, bigram positions and field values are cached, so repeats cost next to nothing)."""
+        """`encode` for many records (names repeat: their bigram positions are cached)."""
         return [self.encode(record) for record in records]
