@@ -14,6 +14,6 @@ except PackageNotFoundError:  # a source tree that is not installed
 
 from . import errors, fhir  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
-from .operations import Operation, Param, Result  # noqa: E402
+from .operations import Operation, Param, Result, Search  # noqa: E402
 
-__all__ = ["Operation", "Param", "Result", "errors", "fhir", "hookimpl", "__version__"]
+__all__ = ["Operation", "Param", "Result", "Search", "errors", "fhir", "hookimpl", "__version__"]

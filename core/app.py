@@ -5,6 +5,7 @@ operations that plugins declare.
     GET  {base}/{endpoint}/${operation}?name=value  an operation that allows GET (query parameters)
     GET  {base}/{endpoint}/metadata               CapabilityStatement
     GET  {base}/{endpoint}/OperationDefinition/{id}
+    GET  {base}/{endpoint}/{ResourceType}?...      a type-level search a plugin declared
     GET  /healthz   /readyz   /metrics
 
 Whatever happens — an unknown path, a wrong method, a malformed body, a limit, a bug — the client
@@ -27,7 +28,7 @@ import hmac
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import parse_qs, parse_qsl
 
 import orjson
@@ -45,7 +46,7 @@ from .execution import Answer, Executor, internal_error, outcome_of, storage_fai
 from .gateway import Call, Gateway, utc_now
 from .keystore import KEYS
 from .observability import Metrics, configure_logging
-from .operations import Budget, Operation, bind, scoped_values
+from .operations import Args, Budget, Operation, Search, bind, scoped_values
 from .plugins import OperationTable, Plugins, load_plugins
 from .server import use_limits
 
@@ -84,14 +85,18 @@ class _ClientGone(Exception):
 class GatewayApp:
     """The ASGI app of one gateway."""
 
-    def __init__(self, gateway: Gateway, operations: OperationTable) -> None:
+    def __init__(self, gateway: Gateway, operations: OperationTable, searches: Iterable[Search] = ()) -> None:
         self.gateway = gateway
         self.operations = operations
+        self.searches = {(s.endpoint, s.resource_type): s for s in searches}
         self.base_path = gateway.config.server.base_path
         self.limits: Limits = gateway.config.limits
         self.executor = Executor(gateway.repository, self.limits.max_answer_bytes)
-        self.metrics = Metrics({endpoint: {*ops, "metadata", "OperationDefinition"}
-                                for endpoint, ops in operations.by_endpoint.items()})
+        labels: dict[str, set[str]] = {endpoint: {*ops, "metadata", "OperationDefinition"}
+                                       for endpoint, ops in operations.by_endpoint.items()}
+        for endpoint, resource_type in self.searches:
+            labels.setdefault(endpoint, {"metadata", "OperationDefinition"}).add(resource_type)
+        self.metrics = Metrics(labels)
         metrics = gateway.config.data["metrics"]
         self._metrics_enabled = bool(metrics["enabled"]) and not int(metrics["port"])
         self._metrics_key = str(metrics.get("key_sha256") or "").lower()
@@ -102,17 +107,20 @@ class GatewayApp:
         self._definitions: dict[str, dict[str, dict]] = {}
         self._capabilities: dict[str, dict] = {}
         published = utc_now().strftime("%Y-%m-%d")
-        for endpoint, ops in operations.by_endpoint.items():
+        for endpoint in sorted({*operations.by_endpoint, *(e for e, _ in self.searches)}):
+            ops = operations.by_endpoint.get(endpoint, {})
             base_url = f"{self.base_path}/{endpoint}"
             self._definitions[endpoint] = {op.definition_id: capability.operation_definition(op, base_url)
                                            for op in ops.values()}
-            self._capabilities[endpoint] = capability.capability_statement(endpoint, ops.values(),
-                                                                           base_url, published)
+            self._capabilities[endpoint] = capability.capability_statement(
+                endpoint, ops.values(), base_url, published,
+                [s for (e, _), s in self.searches.items() if e == endpoint])
         # Starlette's routing matches paths and methods; answers come from the boundary.
         self._routes = [
             Route(self.base_path + "/{endpoint}/${operation}", self.invoke, methods=["POST", "GET"]),
             Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
             Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition, methods=["GET"]),
+            Route(self.base_path + "/{endpoint}/{resource_type}", self.search, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
@@ -239,6 +247,7 @@ class GatewayApp:
         else:
             call = self._bind(op, resource, client, budget)
             call.invoked_as, call.http_method = name, request.scope["method"]
+            call.query = _query(request.scope)
             # A small read on an embedded store takes less time than the hop to a worker thread.
             if op.quick_read and not self._reads_block and len(body) <= INLINE_BODY:
                 answer = self.executor.run(op, call, fmt)
@@ -329,6 +338,24 @@ class GatewayApp:
     def _stored_keys(self) -> list:
         with self.gateway.repository.read() as unit:
             return [api_key_from_settings(k.as_settings()) for k in unit[KEYS].get_api_keys()]
+
+    # --- searches -----------------------------------------------------------------------------
+    async def search(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        endpoint, resource_type = params["endpoint"], params["resource_type"]
+        search = self.searches.get((endpoint, resource_type))
+        if search is None:
+            raise NotFound("there is nothing at this path")
+        request.endpoint, request.operation, request.observed = endpoint, resource_type, True
+        op = request.op = search.as_operation()
+        client = request.client = self._authorised(await self._authenticate(request.headers, None, endpoint), op)
+        query = _query(request.scope)
+        codec.check_strings(query)
+        if sum(len(values) for values in query.values()) > self.limits.max_items:
+            raise PayloadTooLarge(f"the search has more than {self.limits.max_items} parameter values")
+        call = Call(self.gateway, op, Args(query), client, invoked_as=resource_type, http_method="GET",
+                    query=query)
+        answer = await run_in_threadpool(self.executor.run, op, call, request.fmt)
+        return answer.status, answer
 
     # --- metadata -----------------------------------------------------------------------------
     async def metadata(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
@@ -432,6 +459,18 @@ def _format_parameter(scope: dict[str, Any]) -> str | None:
     return values[0] if values else None
 
 
+def _query(scope: dict[str, Any]) -> dict[str, list[str]]:
+    """The URL query, each name with its values (an `apikey` there is ignored, see below)."""
+    raw = scope["query_string"]
+    if not raw:
+        return {}
+    found: dict[str, list[str]] = {}
+    for name, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
+        if name != "apikey":
+            found.setdefault(name, []).append(value)
+    return found
+
+
 def _query_parameters(scope: dict[str, Any]) -> dict[str, Any]:
     """A GET invocation's query string as the Parameters it stands for: each parameter a
     valueString (the binder reads integers and codes from strings); `_format` and the other
@@ -491,6 +530,7 @@ def build_gateway(config: Config, *, repository: Repository | None = None,
     gateway = Gateway(config=config, repository=repository, plugins=plugins.manager, clock=clock or utc_now)
     plugins.call_in_order("ttp_setup", gateway=gateway)
     operations = OperationTable.collect(plugins.call_in_order("ttp_operations", gateway=gateway))
+    gateway.searches = [s for found in plugins.call_in_order("ttp_searches", gateway=gateway) for s in found or ()]
     if start:
         plugins.call_in_order("ttp_startup", gateway=gateway)
     return gateway, operations
@@ -501,7 +541,7 @@ def create_app(config: Config | None = None, *, repository: Repository | None = 
     """The ASGI app of a gateway. Every worker process calls this once."""
     gateway, operations = build_gateway(config or load_config(), repository=repository, clock=clock,
                                         extra_plugins=extra_plugins)
-    return GatewayApp(gateway, operations)
+    return GatewayApp(gateway, operations, gateway.searches)
 
 
 def app_from_environment() -> GatewayApp:

@@ -15,7 +15,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationdefinition import OperationDefinition
 
 from . import __version__
-from .operations import Operation, Param
+from .operations import Operation, Param, Search
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE = "TTP Gateway"
@@ -55,8 +55,14 @@ def operation_definition(op: Operation, base_url: str) -> dict:
 
 
 def capability_statement(endpoint: str, operations: Iterable[Operation], base_url: str,
-                         published: str) -> dict:
+                         published: str, searches: Iterable[Search] = ()) -> dict:
     operations = sorted(operations, key=lambda op: op.name)
+    resources: list[dict] = [{"type": "OperationDefinition", "interaction": [{"code": "read"}]}]
+    for search in sorted(searches, key=lambda s: s.resource_type):
+        resource: dict = {"type": search.resource_type, "interaction": [{"code": "search-type"}]}
+        if search.parameters:
+            resource["searchParam"] = [{"name": name, "type": "string"} for name in search.parameters]
+        resources.append(resource)
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -71,7 +77,7 @@ def capability_statement(endpoint: str, operations: Iterable[Operation], base_ur
             "mode": "server",
             "security": {"description": "API key in the 'apikey' or 'X-API-Key' header, "
                                         "or an 'apikey' parameter in the body"},
-            "resource": [{"type": "OperationDefinition", "interaction": [{"code": "read"}]}],
+            "resource": resources,
             "operation": [{"name": op.name,
                            "definition": op.url or f"{base_url}/OperationDefinition/{op.definition_id}"}
                           for op in operations],

@@ -62,6 +62,7 @@ class ServerSettings:
     port: int
     workers: int
     base_path: str
+    public_base_url: str  # e.g. https://ttp.example.org/ttp-fhir/fhir, for absolute links; "" if unset
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class Config:
     def server(self) -> ServerSettings:
         s = self.data["server"]
         return ServerSettings(host=str(s["host"]), port=int(s["port"]), workers=int(s["workers"]),
-                              base_path="/" + str(s["base_path"]).strip("/"))
+                              base_path="/" + str(s["base_path"]).strip("/"),
+                              public_base_url=str(s.get("public_base_url", "")).rstrip("/"))
 
     @property
     def limits(self) -> Limits:

@@ -40,6 +40,7 @@ class Gateway:
     plugins: "pluggy.PluginManager"
     clock: Callable[[], datetime] = utc_now
     services: dict[str, Any] = field(default_factory=dict)
+    searches: list[Any] = field(default_factory=list)  # the plugins' `Search`es
 
     @property
     def limits(self) -> Limits:
@@ -102,6 +103,9 @@ class Call:
     # answer in that version's shape.
     invoked_as: str = ""
     http_method: str = "POST"
+    # The request's URL query (a search's parameters, or control parameters such as `_count`
+    # that clients send beside an operation's body).
+    query: dict[str, list[str]] = field(default_factory=dict)
     work: RequestWork | None = None
     audits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -119,6 +123,13 @@ class Call:
 
     def now(self) -> datetime:
         return self.gateway.clock()
+
+    @property
+    def base_url(self) -> str:
+        """The base of this call's endpoint, for links in answers: `[server] public_base_url` (an
+        absolute URL) where configured, else the server-relative base path."""
+        server = self.gateway.config.server
+        return f"{server.public_base_url or server.base_path}/{self.operation.endpoint}"
 
     def audit(self, action: str, **facts: Any) -> None:
         """Record who did what to which domain or study, once the answer is sent. Facts name

@@ -12,7 +12,7 @@ API-key store comes through the same hooks. The hooks fire in this order:
     ttp_requires, ttp_scope_kinds, ttp_check_config    when plugins are loaded
     ttp_stores                                          before storage is opened and migrated
     ttp_setup                                           in dependency order, storage open
-    ttp_operations                                      to collect the operations
+    ttp_operations, ttp_searches                        to collect operations and searches
     ttp_startup / ttp_shutdown                          around serving (not for admin commands)
     ttp_cli_commands                                    when the command line is built
     ttp_readiness                                       on every /readyz
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .auth import ScopeKinds
     from .config import Config
     from .gateway import Gateway
-    from .operations import Operation
+    from .operations import Operation, Search
 
 PROJECT = "ttp_gateway"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -78,6 +78,12 @@ def ttp_operations(gateway: "Gateway") -> list["Operation"]:
 
     An operation with the endpoint and name of another plugin's replaces it only when it sets
     `replaces=True`; otherwise the duplicate stops the start-up."""
+
+
+@hookspec
+def ttp_searches(gateway: "Gateway") -> list["Search"]:
+    """When an app is built: the type-level searches this plugin serves
+    (`GET [base]/{endpoint}/{ResourceType}?...`), as `ttp_gateway.core.operations.Search`."""
 
 
 @hookspec

@@ -156,6 +156,29 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class Search:
+    """A type-level search `GET [base]/{endpoint}/{resource_type}?name=value...` contributed by a
+    plugin (`ttp_searches`).
+
+    `handler` receives a `core.gateway.Call` whose `args` map every query parameter to its values
+    (a list of strings; `_count`, `_offset` and the other control parameters included) and returns
+    a `searchset` Bundle. A caller needs `resource_type` among its operations (or "*") to search;
+    value scopes (a domain named in the query) are the handler's to check, with `call.client`.
+    `parameters` name the search parameters, for the CapabilityStatement."""
+
+    endpoint: str
+    resource_type: str
+    handler: Callable[..., Any]
+    parameters: tuple[str, ...] = ()
+    description: str = ""
+
+    def as_operation(self) -> "Operation":
+        """The operation a search runs as (for scopes, the executor, audit and metrics)."""
+        return Operation(endpoint=self.endpoint, name=self.resource_type, handler=self.handler,
+                         affects_state=False, description=self.description)
+
+
+@dataclass(frozen=True)
 class Result:
     """A handler's answer with a status other than 200, or, inside a batch, with an outcome of
     its own for the entry's `response.outcome`."""
