@@ -117,10 +117,10 @@ class GatewayApp:
                 [s for (e, _), s in self.searches.items() if e == endpoint])
         # Starlette's routing matches paths and methods; answers come from the boundary.
         self._routes = [
-            Route(self.base_path + "/{endpoint}/${operation}", self.invoke, methods=["POST", "GET"]),
-            Route(self.base_path + "/{endpoint}/metadata", self.metadata, methods=["GET"]),
-            Route(self.base_path + "/{endpoint}/OperationDefinition/{id}", self.definition, methods=["GET"]),
-            Route(self.base_path + "/{endpoint}/{resource_type}", self.search, methods=["GET"]),
+            Route(self.base_path + "/{endpoint:path}/${operation}", self.invoke, methods=["POST", "GET"]),
+            Route(self.base_path + "/{endpoint:path}/metadata", self.metadata, methods=["GET"]),
+            Route(self.base_path + "/{endpoint:path}/OperationDefinition/{id}", self.definition, methods=["GET"]),
+            Route(self.base_path + "/{endpoint:path}/{resource_type}", self.search, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
@@ -241,9 +241,13 @@ class GatewayApp:
         request.client = client
         budget = Budget(self.limits.max_items, self.limits.max_created, self.limits.max_depth)
         fmt = request.fmt
-        if resource["resourceType"] == "Bundle" and op.batch:
+        if resource["resourceType"] == "Bundle" and (op.batch or op.transaction):
             calls = self._bind_batch(op, resource, client, budget)
-            answer = await run_in_threadpool(self.executor.run_batch, op, calls, fmt)
+            for call in calls:
+                if isinstance(call, Call):
+                    call.query = _query(request.scope)
+            answer = await run_in_threadpool(self.executor.run_batch, op, calls, fmt,
+                                             resource.get("type") == "transaction")
         else:
             call = self._bind(op, resource, client, budget)
             call.invoked_as, call.http_method = name, request.scope["method"]
@@ -267,10 +271,11 @@ class GatewayApp:
         return client.for_call(op.endpoint, op.name)
 
     def _bind_batch(self, op: Operation, bundle: dict, client: Client, budget: Budget) -> list[Call | FhirError]:
-        """The calls of a `batch` Bundle of Parameters, each entry one call; entries that cannot
-        be bound are answered alone."""
-        if bundle.get("type") != "batch":
-            raise InvalidRequest("only Bundles of type 'batch' are accepted")
+        """The calls of a `batch` (or `transaction`) Bundle of Parameters, each entry one call;
+        entries that cannot be bound are answered alone (in a transaction, they fail it)."""
+        kinds = [kind for kind, accepted in (("batch", op.batch), ("transaction", op.transaction)) if accepted]
+        if bundle.get("type") not in kinds:
+            raise InvalidRequest(f"${op.name} accepts Bundles of type {' or '.join(repr(k) for k in kinds)}")
         entries = bundle.get("entry", [])
         if not isinstance(entries, list):
             raise InvalidRequest("Bundle.entry must be an array")
@@ -293,6 +298,8 @@ class GatewayApp:
             except PayloadTooLarge:
                 raise  # a limit of the whole request
             except FhirError as error:
+                if bundle.get("type") == "transaction":
+                    raise
                 calls.append(error)
         return calls
 

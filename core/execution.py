@@ -83,19 +83,32 @@ class Executor:
                 raise
         raise AssertionError("unreachable")
 
-    def run_batch(self, op: Operation, calls: list[Call | FhirError], fmt: codec.Format) -> Answer:
-        """A `batch` Bundle: each entry one call, answered in a `batch-response` entry."""
+    def run_batch(self, op: Operation, calls: list[Call | FhirError], fmt: codec.Format,
+                  transaction: bool = False) -> Answer:
+        """A `batch` Bundle: each entry one call, answered in a `batch-response` entry; or a
+        `transaction` Bundle, all entries or none."""
         excluded: dict[int, dict[str, Any]] = {}  # entries dropped from a unit without savepoints
         attempt = 0
         while True:
             unit = self._repository.begin() if op.affects_state else None
             try:
-                answers, restart = self._entries(op, calls, unit, excluded)
+                if op.batch_handler is not None:
+                    answers, restart = self._handled_together(op, calls, unit), False
+                else:
+                    answers, restart = self._entries(op, calls, unit, excluded, transaction)
                 if restart:
                     if unit is not None:
                         unit.rollback()
                     continue
-                bundle = {"resourceType": "Bundle", "type": "batch-response", "entry": answers}
+                if transaction:
+                    failed = next((entry for entry in answers if not _succeeded(entry)), None)
+                    if failed is not None:  # all or nothing: the first failure is the answer
+                        if unit is not None:
+                            unit.rollback()
+                        status = int(failed["response"]["status"])
+                        return Answer(status, self._encoded(failed["response"]["outcome"], fmt), 0)
+                kind = "transaction-response" if transaction else "batch-response"
+                bundle = {"resourceType": "Bundle", "type": kind, "entry": answers}
                 content = self._encoded(bundle, fmt)
                 if unit is not None:
                     unit.commit()
@@ -116,8 +129,29 @@ class Executor:
                     unit.rollback()
                 raise
 
+    def _handled_together(self, op: Operation, calls: list[Call | FhirError],
+                          unit: WriteUnit | None) -> list[dict[str, Any]]:
+        """All entries through the operation's batch handler, in one call."""
+        bound = [call for call in calls if isinstance(call, Call)]
+        for call in bound:
+            call.work = _JoinedWork(unit) if unit is not None else RequestWork(self._repository)
+            call.audits.clear()
+        assert op.batch_handler is not None
+        results = iter(op.batch_handler(bound)) if bound else iter(())
+        answers = []
+        for call in calls:
+            if isinstance(call, FhirError):
+                answers.append(_error_entry(call.status, outcome_of(call)))
+                continue
+            result = next(results)
+            if isinstance(result, FhirError):
+                answers.append(_error_entry(result.status, outcome_of(result)))
+            else:
+                answers.append(_entry(*_entry_answer(result)))
+        return answers
+
     def _entries(self, op: Operation, calls: list[Call | FhirError], unit: WriteUnit | None,
-                 excluded: dict[int, dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+                 excluded: dict[int, dict[str, Any]], transaction: bool = False) -> tuple[list[dict[str, Any]], bool]:
         answers: list[dict[str, Any]] = []
         for index, call in enumerate(calls):
             if index in excluded:
@@ -147,6 +181,9 @@ class Executor:
             except Exception:  # noqa: BLE001 - one entry's bug must not fail the others
                 status, outcome = internal_error("batch entry", op)
                 entry = _error_entry(status, outcome)
+            if transaction:  # the whole unit is rolled back: no savepoint needed
+                answers.append(entry)
+                return answers, False
             if unit is not None and not self._repository.savepoints:
                 # The entry may have written before it failed, and nothing can undo just that part.
                 excluded[index] = entry

@@ -121,7 +121,13 @@ class Operation:
 
     `handler` receives a `core.gateway.Call` and returns a FHIR resource as a dict, or a
     `Result` when the status is not 200. With `batch=True` the operation also accepts a `batch`
-    Bundle whose entries each carry one Parameters; the core answers a `batch-response`.
+    Bundle whose entries each carry one Parameters; the core answers a `batch-response` in which
+    entries fail alone. With `transaction=True` it accepts a `transaction` Bundle: all entries or
+    none, a `transaction-response` or the first entry's error for the whole request. Both run in
+    one unit of work. `batch_handler`, where given, answers all entries of a Bundle in one call
+    (a few store round trips instead of one unit per entry): it receives the bound calls and
+    returns one answer per call — a resource, a `Result`, or a `FhirError` for an entry that fails
+    alone — and must not write for the entries it fails.
 
     An operation that does not affect state may also be invoked with GET, its parameters in the
     query string, as FHIR allows; `legacy_get` names aliases under which older versions served
@@ -138,6 +144,8 @@ class Operation:
     aliases: tuple[str, ...] = ()
     affects_state: bool = True
     batch: bool = False
+    transaction: bool = False
+    batch_handler: Callable[[list[Any]], list[Any]] | None = None
     url: str | None = None
     replaces: bool = False
     # A read that never writes nor waits for a lock: small requests of it may run on the event
