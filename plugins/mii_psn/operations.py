@@ -90,7 +90,7 @@ DONE = {"resourceType": "OperationOutcome", "issue": [{"severity": "information"
 
 
 def succeeded(diagnostics: str, coding: dict) -> Result:
-    return Result(fhir.informational(diagnostics, coding), 200)
+    return Result(fhir.informational(diagnostics, coding), 200, DONE)
 
 
 class MiiInterface:
@@ -131,7 +131,7 @@ class MiiInterface:
                            "context")
         return domain
 
-    def _by_domain(self, calls: list[Call], value_parameter: str, answers: list[Result | None],
+    def _by_domain(self, calls: list[Call], value_parameter: str, answers: list[Any],
                    admit: Callable[[Domain], Result | None] | None = None) -> tuple[Groups, list[Any]]:
         """The calls that name a usable domain, by domain, and what each call asked; the others'
         answers filled in."""
@@ -148,7 +148,10 @@ class MiiInterface:
                 answers[index] = refused
                 continue
             asked_by_call[index] = asked
-            groups.setdefault(asked[0].name, (asked[0], []))[1].append(index)
+            group = groups.get(asked[0].name)
+            if group is None:
+                group = groups[asked[0].name] = (asked[0], [])
+            group[1].append(index)
         return groups, asked_by_call
 
     @staticmethod
@@ -174,7 +177,7 @@ class MiiInterface:
 
     # --- the operations, each over a list of calls --------------------------------------------
     def pseudonymize(self, calls: list[Call]) -> Answers:
-        answers: list[Result | None] = [None] * len(calls)
+        answers: list[Any] = [None] * len(calls)  # each filled in below
         groups, asked = self._by_domain(calls, "original", answers, self._single_psn)
         if groups:
             with calls[0].writing() as unit:
@@ -185,7 +188,7 @@ class MiiInterface:
                     new = len(created)
                     system = self.systems.get(domain.name)
                     for index in indexes:
-                        _, context, original = asked[index]  # type: ignore[misc]
+                        _, context, original = asked[index]
                         value = original["value"]
                         status = 200
                         if value in created:  # a repeated original was created by its first call only
@@ -197,10 +200,10 @@ class MiiInterface:
                             {"name": "pseudonym", "valueIdentifier": identifier(found[value], system)}]},
                             status, DONE)
                     calls[indexes[0]].audit("pseudonymize", domain=domain.name, items=len(indexes), created=new)
-        return answers  # type: ignore[return-value]
+        return answers
 
     def get_pseudonym(self, calls: list[Call]) -> Answers:
-        answers: list[Result | None] = [None] * len(calls)
+        answers: list[Any] = [None] * len(calls)  # each filled in below
         groups, asked = self._by_domain(calls, "original", answers, self._single_psn)
         if groups:
             with calls[0].reading() as unit:
@@ -209,7 +212,7 @@ class MiiInterface:
                     system = self.systems.get(domain.name)
                     first = None
                     for index in indexes:
-                        _, context, original = asked[index]  # type: ignore[misc]
+                        _, context, original = asked[index]
                         pseudonym = found.get(original["value"])
                         if pseudonym is None:
                             answers[index] = failure(404, "not-found", "No pseudonym for the given original was "
@@ -222,12 +225,12 @@ class MiiInterface:
                             {"name": "pseudonym", "valueIdentifier": identifier(pseudonym, system)}]}, 200, DONE)
                     if first is not None:
                         calls[first].audit("get-pseudonym", domain=domain.name, items=len(indexes))
-        return answers  # type: ignore[return-value]
+        return answers
 
     def pseudonymize_multiple(self, calls: list[Call]) -> Answers:
         """Call by call, in order, so that an entry reading an original's pseudonyms sees those an
         earlier entry of its Bundle created."""
-        answers: list[Result | None] = [None] * len(calls)
+        answers: list[Any] = [None] * len(calls)  # each filled in below
         groups, asked = self._by_domain(calls, "original", answers, self._multi_psn)
         wanted = sorted(i for _, indexes in groups.values() for i in indexes)
         for index in wanted:
@@ -237,11 +240,11 @@ class MiiInterface:
                                          "count")
         wanted = [i for i in wanted if answers[i] is None]
         if not wanted:
-            return answers  # type: ignore[return-value]
+            return answers
         creates = any(calls[i].args["count"] > 0 for i in wanted)
         with (calls[0].writing() if creates else calls[0].reading()) as unit:
             for index in wanted:
-                domain, context, original = asked[index]  # type: ignore[misc]
+                domain, context, original = asked[index]
                 value, count = original["value"], calls[index].args["count"]
                 if count == 0:
                     pseudonyms = self.psn.all_pseudonyms(unit, domain, [value]).get(value, [])
@@ -262,10 +265,10 @@ class MiiInterface:
                     for pseudonym in pseudonyms), status, DONE)
                 calls[index].audit("pseudonymize-multiple", domain=domain.name, items=1,
                                    created=count)
-        return answers  # type: ignore[return-value]
+        return answers
 
     def de_pseudonymize(self, calls: list[Call]) -> Answers:
-        answers: list[Result | None] = [None] * len(calls)
+        answers: list[Any] = [None] * len(calls)  # each filled in below
         groups, asked = self._by_domain(calls, "pseudonym", answers)
         if groups:
             with calls[0].reading() as unit:
@@ -273,7 +276,7 @@ class MiiInterface:
                     owners = self.psn.originals(unit, domain, [asked[i][2]["value"] for i in indexes])
                     answered = []
                     for index in indexes:
-                        _, context, pseudonym = asked[index]  # type: ignore[misc]
+                        _, context, pseudonym = asked[index]
                         original = owners.get(pseudonym["value"])
                         if original is None:
                             anonymised = pseudonym["value"] in owners
@@ -289,8 +292,8 @@ class MiiInterface:
                             {"name": "pseudonym", "valueIdentifier": pseudonym}]}]), 200, DONE)
                     if answered:
                         calls[answered[0]].audit("de-pseudonymize", domain=domain.name, items=len(answered),
-                                                 pseudonyms=[asked[i][2]["value"] for i in answered])  # type: ignore[index]
-        return answers  # type: ignore[return-value]
+                                                 pseudonyms=[asked[i][2]["value"] for i in answered])
+        return answers
 
     def delete_pseudonym(self, calls: list[Call]) -> Answers:
         return self._remove(calls, "delete-pseudonym", self._deletable, self.psn.delete,
@@ -302,7 +305,7 @@ class MiiInterface:
 
     def _remove(self, calls: list[Call], action: str, admit: Callable[[Domain], Result | None] | None,
                 remove: Callable[..., set[str]], done_text: str, coding: dict) -> Answers:
-        answers: list[Result | None] = [None] * len(calls)
+        answers: list[Any] = [None] * len(calls)  # each filled in below
         groups, asked = self._by_domain(calls, "original", answers, admit)
         if groups:
             with calls[0].writing() as unit:
@@ -310,7 +313,7 @@ class MiiInterface:
                     removed = remove(unit, domain, [asked[i][2]["value"] for i in indexes])
                     count, first = len(removed), None
                     for index in indexes:
-                        value = asked[index][2]["value"]  # type: ignore[index]
+                        value = asked[index][2]["value"]
                         if value in removed:  # a repeated original is gone after its first call
                             removed.discard(value)
                             first = index if first is None else first
@@ -320,7 +323,7 @@ class MiiInterface:
                                                      "was found.", "original")
                     if first is not None:
                         calls[first].audit(action, domain=domain.name, items=len(indexes), done=count)
-        return answers  # type: ignore[return-value]
+        return answers
 
     # --- declarations ---------------------------------------------------------------------
     def declarations(self) -> list[Operation]:
