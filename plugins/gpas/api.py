@@ -4,7 +4,7 @@
     pseudonyms = gateway.service(GPAS)            # a Pseudonymizer
     domain = pseudonyms.domain("MIRACUM")         # 404 (core NotFound) if unknown
     with call.writing() as unit:
-        found = pseudonyms.get_or_create(unit, domain, originals)
+        found = pseudonyms.get_or_create(unit, domain, originals)   # created=set(): which are new
 
 Everything else in this package is internal and may change.
 """

@@ -87,8 +87,11 @@ class Pseudonymizer:
         """Cut these originals from their pseudonyms for good; the originals that had any."""
         return unit[PSEUDONYMS].anonymize_originals(domain.name, sorted(set(originals)))
 
-    def get_or_create(self, unit: UnitOfWork, domain: Domain, originals: Iterable[str]) -> dict[str, str]:
-        """The pseudonym of every original, created where there is none."""
+    def get_or_create(self, unit: UnitOfWork, domain: Domain, originals: Iterable[str], *,
+                      created: set[str] | None = None) -> dict[str, str]:
+        """The pseudonym of every original, created where there is none. Where `created` is
+        given, the originals whose pseudonym this call created are added to it (interfaces that
+        answer "created" apart from "found" need to know; the rest are found ones)."""
         store = unit[PSEUDONYMS]
         wanted = list(dict.fromkeys(originals))
         # Large batches are mostly all new (an import) or mostly all known (a repeat): a probe
@@ -112,9 +115,13 @@ class Pseudonymizer:
             stored = store.insert_pseudonyms(domain.name, rows)
             if len(stored) == len(rows):  # the usual case: every candidate was free
                 found.update(zip(missing, candidates))
+                if created is not None:
+                    created.update(missing)
                 return found
             lost = [row.original for row in rows if row not in stored]
             found.update((row.original, row.pseudonym) for row in rows if row in stored)
+            if created is not None:
+                created.update(row.original for row in rows if row in stored)
             if lost:
                 # Either another writer gave the original a pseudonym first (read it back), or
                 # our candidate was taken (draw again).
