@@ -5,6 +5,7 @@ compares identifying data once and deletes them. Configuration:
 
     [dispatcher]
     identifier_secret = "..."        # key of the hashes $pseudonymizePatient keeps of identifiers
+    index_device = "cpu"             # or "gpu": Bloom filter search on a GPU (needs faiss-gpu)
 
     [[dispatcher.studies]]
     name = "mii"
@@ -33,7 +34,8 @@ from typing import Any
 from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
 
-from .linkage import Linker
+from .linkage import FilterIndexes, Linker
+from .matcher import gpu_available
 from .operations import DispatcherOperations, query
 from .patients import PatientLinker
 from .studies import Study, StudyRegistry
@@ -56,8 +58,10 @@ class _LazyPseudonymizer:
 @hookimpl
 def ttp_operations(gateway) -> list:
     studies = StudyRegistry(gateway.repository)
-    linker = Linker(gateway.repository, _LazyPseudonymizer(gateway))  # type: ignore[arg-type]
-    secret = str(gateway.config.section("dispatcher").get("identifier_secret", "")).encode()
+    section = gateway.config.section("dispatcher")
+    indexes = FilterIndexes(device=section.get("index_device", "cpu"))
+    linker = Linker(gateway.repository, _LazyPseudonymizer(gateway), indexes)  # type: ignore[arg-type]
+    secret = str(section.get("identifier_secret", "")).encode()
     operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret))
     gateway.services[SERVICE] = operations
     return operations.declarations()
@@ -105,6 +109,12 @@ def ttp_check_config(config: Config) -> list[str]:
             problems.append(f"[[dispatcher.studies]] {error}")
     if studies and not section.get("identifier_secret"):
         problems.append("[dispatcher] identifier_secret is required when studies are configured")
+    device = section.get("index_device", "cpu")
+    if device not in ("cpu", "gpu"):
+        problems.append('[dispatcher] index_device must be "cpu" or "gpu"')
+    elif device == "gpu" and not gpu_available():
+        problems.append('[dispatcher] index_device = "gpu" needs faiss with GPU support (faiss-gpu) and a GPU; '
+                        'this faiss has none or sees no GPU')
     for kind in ("persons", "clearings"):
         for index, seed in enumerate(section.get(kind, [])):
             study = studies.get(seed.get("study")) if isinstance(seed, dict) else None
