@@ -594,6 +594,36 @@ def test_index_device_must_be_known_and_gpu_needs_faiss_gpu() -> None:
     assert on_gpu.search_many(stored[:20], 0.0, 10) == on_cpu.search_many(stored[:20], 0.0, 10)
 
 
+def test_device_copy_follows_every_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU IndexBinaryFlat stands in for the GPU one: what is checked here is that the copy
+    # stays row for row in step with the index through appends across chunks, replacements
+    # and removals, and that its answers go through the same exact scoring.
+    import faiss
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: None, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_binary_cpu_to_gpu", lambda resources, device, index: index, raising=False)
+    rng = random.Random(9)
+    filters = {key: random_filter(rng, 120, rng.uniform(0.2, 0.6)) for key in range(200)}
+    on_device, on_cpu = SmallIndex(120, device="gpu"), SmallIndex(120)
+    queries = [*list(filters.values())[::20], random_filter(rng, 120, 0.4)]
+    for index in (on_device, on_cpu):
+        index.upsert(list(filters)[:13], list(filters.values())[:13])
+        index.upsert(list(filters)[13:], list(filters.values())[13:])
+    assert on_device.search_many(queries, 0.0, 5) == on_cpu.search_many(queries, 0.0, 5)
+    for index in (on_device, on_cpu):
+        index.upsert([3, 500], [filters[100], filters[101]])
+        index.remove(list(range(0, 200, 7)))
+    expected = {**filters, 3: filters[100], 500: filters[101]}
+    for key in range(0, 200, 7):
+        expected.pop(key, None)
+    assert len(on_device) == len(expected)
+    for limit in (1, 5, 60):
+        found = on_device.search_many(queries, 0.3, limit)
+        assert found == on_cpu.search_many(queries, 0.3, limit)
+        assert found == [reference(expected, query, 0.3, limit) for query in queries]
+
+
 def test_configuration_checks_the_index_device() -> None:
     config = load_config(DEMO_CONFIG, environ={})
     assert config_problems(config.with_overrides(dispatcher={"index_device": "cpu"}), plugin_manager()) == []
