@@ -571,7 +571,7 @@ class FilterIndex:
     def _pack(self, filters: Sequence[bytes]) -> np.ndarray:
         """Filters as rows of codes (zero-padded to the byte length); validates lengths."""
         size = self._code_bytes
-        if not all(len(f) == size for f in filters):
+        if not (np.fromiter(map(len, filters), np.int64, len(filters)) == size).all():
             filters = [pad_filter(f, self.length_bits) for f in filters]
         codes = np.frombuffer(b"".join(filters), np.uint8).reshape(len(filters), size)
         self._check_spare_bits(codes)
@@ -673,6 +673,8 @@ def _as_keys(keys: Sequence[int] | np.ndarray) -> np.ndarray:
 
 def _last_per_key(keys: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop all but the last filter of keys given more than once in one batch."""
+    if keys.size < 2 or (keys[1:] > keys[:-1]).all():  # ascending, as the store returns them
+        return keys, codes
     unique, last_from_end = np.unique(keys[::-1], return_index=True)
     if unique.size == keys.size:
         return keys, codes
