@@ -33,8 +33,9 @@ of popcounts for the largest one. Removal moves the last rows into the holes.
 Key lookup without a large Python dict (a dict entry costs about half a filter). The rows
 ordered by key are an int32 array (`_sorted_rows`), searched by bisection through the key
 column; keys added since it was built sit in a small dict (`_recent`) until it outgrows 1/64 of
-the index, and are then merged in (O(n), no sort). Removed keys leave it at once, so every
-entry names a live row and moving a row only rewrites its entry.
+the index, and are then merged in (a sort of the new keys and one pass over the array; a batch
+of keys above all stored ones, as the store hands them out, is simply appended). Removed keys
+leave it at once, so every entry names a live row and moving a row only rewrites its entry.
 
 Memory budget, measured by `nbytes` and held by the tests: the raw code bytes plus 14 bytes a
 row (key 8, popcount 2, lookup 4): 1.07x the raw bytes of 1600-bit filters after a load. Spare
