@@ -117,7 +117,8 @@ def main() -> int:
             index.upsert(keys[1:3].tolist(), [stored[5].tobytes(), stored[6].tobytes()])
         query_bytes = [row.tobytes() for row in queries[:64]]
         for min_score, limit in ((0.0, 12), (0.78, 12), (0.0, 200)):
-            if on_cpu.search_many(query_bytes, min_score, limit) != on_device.search_many(query_bytes, min_score, limit):
+            expected = on_cpu.search_many(query_bytes, min_score, limit)
+            if on_device.search_many(query_bytes, min_score, limit) != expected:
                 problems.append(f"FilterIndex results differ (min_score {min_score}, limit {limit})")
         single = query_bytes[0]
         cpu_s = timed(lambda: on_cpu.search(single, 0.78, 12), args.repeats)
