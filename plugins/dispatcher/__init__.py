@@ -8,6 +8,7 @@ compares identifying data once and deletes them. Configuration:
     idat_key = "..."                 # 32 bytes, base64: seals identifying data while a clearing runs
     identifier_system = "https://ths-greifswald.de/gpas"   # Identifier.system of answers; per study too
     domain_defaults = { length = 8 } # settings of domains a study names but no [[gpas.domains]] configures
+    index_device = "cpu"             # or "gpu": Bloom filter search on a GPU (needs faiss-gpu)
 
     [[dispatcher.studies]]
     name = "mii"
@@ -42,7 +43,8 @@ from ttp_gateway.core.fhir import is_absolute_uri
 from ttp_gateway.plugins.gpas.api import GPAS
 
 from .api import DISPATCHER
-from .linkage import Linker
+from .linkage import FilterIndexes, Linker
+from .matcher import gpu_available
 from .operations import SYSTEM, DispatcherOperations, new_domain, query
 from .patients import PatientLinker
 from .sealing import IdatDigest, IdatSeal, parse_key
@@ -73,7 +75,8 @@ def ttp_setup(gateway) -> None:
     studies = StudyRegistry(gateway.repository)
     idat_key = parse_key(str(section["idat_key"])) if section.get("idat_key") else None
     # Without a key no clearing can keep IDAT (check-config insists on one when studies exist).
-    linker = Linker(gateway.repository, gateway.service(GPAS), IdatSeal(idat_key) if idat_key else None)
+    indexes = FilterIndexes(gateway.repository, device=section.get("index_device", "cpu"))
+    linker = Linker(gateway.repository, gateway.service(GPAS), IdatSeal(idat_key) if idat_key else None, indexes)
     secret = str(section.get("identifier_secret", "")).encode()
     system = section.get("identifier_system", SYSTEM)
     operations = DispatcherOperations(studies, linker, PatientLinker(studies, linker, secret, system),
@@ -139,6 +142,12 @@ def ttp_check_config(config: Config) -> list[str]:
         new_domain("domain", section.get("domain_defaults", {}))
     except (TypeError, ValueError) as error:
         problems.append(f"[dispatcher] domain_defaults: {error}")
+    device = section.get("index_device", "cpu")
+    if device not in ("cpu", "gpu"):
+        problems.append('[dispatcher] index_device must be "cpu" or "gpu"')
+    elif device == "gpu" and not gpu_available():
+        problems.append('[dispatcher] index_device = "gpu" needs faiss with GPU support (faiss-gpu) and a GPU; '
+                        'this faiss has none or sees no GPU')
     for kind in ("persons", "clearings"):
         for index, seed in enumerate(section.get(kind, [])):
             study = studies.get(seed.get("study")) if isinstance(seed, dict) else None

@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -46,6 +47,7 @@ from .sealing import IdatSeal
 from .store import LINKAGE, BloomFilterRow, ClearingCase, LinkageStore, Task
 from .studies import Study
 
+log = logging.getLogger("ttp_gateway.dispatcher")
 SEND_IDAT = "send_idat"
 PSN_AVAILABLE = "dic_psn_available"
 REPEAT_REQUEST = "repeat_request"
@@ -61,10 +63,17 @@ class _SyncedIndex:
 
 
 class FilterIndexes:
-    """The Bloom filters of every study and version, in memory, kept in step with the store."""
+    """The Bloom filters of every study and version, in memory, kept in step with the store.
 
-    def __init__(self, repository: Repository) -> None:
+    `device` is where the indexes search: "cpu", or "gpu" (faiss with GPU support)."""
+
+    # Stored filters are added this many at a time, with a log line after each when there are
+    # more (a start-up load): the index's bulk path, and progress an operator can follow.
+    load_step = 250_000
+
+    def __init__(self, repository: Repository, device: str = "cpu") -> None:
         self._repository = repository
+        self.device = device
         self._indexes: dict[tuple[str, str], _SyncedIndex] = {}
         self._lock = threading.Lock()
 
@@ -73,9 +82,13 @@ class FilterIndexes:
         is current to."""
         entry = self._entry(study, version)
         with entry.lock:
+            started = time.perf_counter()
             with self._repository.read() as unit:
                 changes = unit[LINKAGE].get_bloom_filter_changes(study.name, version, entry.sequence)
-            self._apply(entry, changes)
+            if len(changes) > self.load_step:
+                log.info("Bloom filters read", extra={"study": study.name, "version": version, "rows": len(changes),
+                                                      "seconds": round(time.perf_counter() - started, 1)})
+            self._apply(entry, changes, study.name, version)
             return entry.index, entry.sequence
 
     @staticmethod
@@ -91,19 +104,27 @@ class FilterIndexes:
         entry = self._indexes.get(key)
         if entry is None:
             with self._lock:
-                entry = self._indexes.setdefault(key, _SyncedIndex(FilterIndex(study.versions[version].length)))
+                entry = self._indexes.get(key)
+                if entry is None:
+                    index = FilterIndex(study.versions[version].length, device=self.device)
+                    entry = self._indexes[key] = _SyncedIndex(index)
         return entry
 
-    @staticmethod
-    def _apply(entry: _SyncedIndex, changes: Sequence[BloomFilterRow]) -> None:
+    def _apply(self, entry: _SyncedIndex, changes: Sequence[BloomFilterRow], study: str, version: str) -> None:
         if not changes:
             return
         stored = [row for row in changes if row.bloom_filter is not None]
         withdrawn = [row.id for row in changes if row.bloom_filter is None]
         if withdrawn:
             entry.index.remove(withdrawn)
-        if stored:
-            entry.index.upsert([row.id for row in stored], [row.bloom_filter for row in stored])
+        started = time.perf_counter()
+        for start in range(0, len(stored), self.load_step):
+            part = stored[start : start + self.load_step]
+            entry.index.upsert([row.id for row in part], [row.bloom_filter for row in part])
+            if len(stored) > self.load_step:  # counts only: never a filter
+                log.info("Bloom filters loaded", extra={
+                    "study": study, "version": version, "loaded": start + len(part), "total": len(stored),
+                    "seconds": round(time.perf_counter() - started, 1)})
         entry.sequence = max(entry.sequence, changes[-1].sequence)
 
 
@@ -167,11 +188,12 @@ Candidate = tuple[Person, float, str]  # (person, score, site holding its most s
 
 
 class Linker:
-    def __init__(self, repository: Repository, pseudonymizer: Pseudonymizer, seal: IdatSeal | None) -> None:
+    def __init__(self, repository: Repository, pseudonymizer: Pseudonymizer, seal: IdatSeal | None,
+                 indexes: FilterIndexes | None = None) -> None:
         self.repository = repository
         self.pseudonyms = pseudonymizer
         self.seal = seal
-        self.indexes = FilterIndexes(repository)
+        self.indexes = indexes or FilterIndexes(repository)
 
     # --- $requestPsnFromBfWorkflow ------------------------------------------------------------
     def search(self, study: Study, queries: list[Query]) -> dict[str, int]:

@@ -1,46 +1,71 @@
-"""In-memory Dice search over all Bloom filters of one study version.
+"""Exact Dice search over all Bloom filters of one study version, on faiss binary codes.
 
-Layout. The filters live in one contiguous uint64 matrix stored *word-major*: `bits[w, row]` is
-word w of the filter in `row`. A search then runs, per block of rows and per word, three numpy
-calls over one long contiguous run (AND with the query's word, popcount, add into the overlap
-counts). The row-major alternative needs an inner-axis reduction over only ~25 words per row,
-which numpy did 1.5-2 times more slowly in measurements here. Beside the matrix: the popcount
-of each row, the key (the store's person id) of each row, and a key -> row lookup.
+Scores from Hamming distances. faiss scans binary codes for Hamming distances H. With |A| and |B|
+the popcounts of query and stored filter, the overlap is (|A|+|B|-H)/2, so the Dice score is
+(|A|+|B|-H)/(|A|+|B|): two exact integers and one IEEE division, rounded as Python's
+`2 * overlap / total` is, hence equal to `bloom.dice` bit for bit (0.0 when both are empty).
+Balanced filters all have the same popcount, so Dice falls as H grows and the nearest codes
+are the best matches. Filters of varying popcount (CLKs) are not ordered by H alone, but a
+stored filter with popcount at most the index's largest, `high`, at Hamming distance at least H
+scores at most (|A|+high-H)/(|A|+high); the search uses that bound to stay exact.
 
-Pruning. Halfway through the words, a row's overlap can still grow by at most the query's bits
-in the second half. When that bound drops nearly all rows of a block below the threshold (the
-min_score, or the score of the current k-th best), only the few rows left have their second
-half read. Against a million random filters this halves a search with min_score 0.8.
+Search. One faiss k-nearest pass fetches the 2*limit+16 nearest codes of every query; their
+exact scores give the top `limit` among them and the score to beat, t (the limit-th best, or
+min_score if fewer reach it). Every code not fetched is at least as far as the farthest fetched
+one, so when the bound above for that distance is below t (always, for balanced filters, unless
+all the codes fetched beyond the limit-th are as near as it) the answer is complete. The margin
+beyond limit+1 costs next to nothing in the scan. Otherwise a range pass collects
+every code within the Hamming radius that scores >= t can have, and the answer comes from
+those. This second pass is what keeps ties ordered by key (an exact tie at the cut must be
+settled among all tied rows, not the ones faiss happened to keep) and CLK searches exact. A
+k-nearest pass rather than a range search for the common call (limit ~12, min_score 0.78): the
+two scan equally fast here (measured within 10 %), and k-nearest results are bounded in size
+whatever the min_score.
 
-Key lookup without a large Python dict. A dict of a million int keys with int values costs about
-100 bytes an entry (table plus two int objects), half the size of a 1600-bit filter, which alone
-would break the memory budget of 1.5x the raw filter bytes. Instead the keys live in a sorted
-int64 array with the matching rows (16 bytes an entry), searched with `np.searchsorted`. Keys
-added since that array was built sit in a small dict (`_recent`) until it outgrows ~1/32 of the
-index and the sorted arrays are rebuilt (an argsort, ~0.1 s at a million rows, so amortised a few
-microseconds an insert). Removed keys leave stale entries in the sorted arrays; a hit there counts
-only if `keys[row]` still names the key, which is exact because keys are unique among live rows.
+Layout. The codes are the filters as stored (Java BitSet byte order, zero-padded to the
+version's byte length; faiss wants whole bytes, and the spare bits are zero, so they add
+nothing to H). They live in chunks of 2^k rows, about 16 MiB each: only the last chunk ever
+grows (by 1/8, up to a full chunk), so a large index never copies or doubles its codes to
+grow, and each chunk is one faiss call. Rows are numbered across the chunks; beside them sit
+the key (the store's filter id, int64) and the popcount (uint16) of every row, and a histogram
+of popcounts for the largest one. Removal moves the last rows into the holes.
 
-Growth is geometric with factor 1.25 (amortised O(1) inserts like a vector, and at most 25 %
-unused capacity, which keeps a loaded index within 1.41x the raw filter bytes: 1.25 x (200 + 10)
-bytes a 1600-bit row, plus 16 for the sorted lookup and ~3 for the recent dict); removal moves
-the last row into the hole, and capacity shrinks back to 1.25x when less than half is used.
-While growing, old and new arrays exist together for a moment.
+Key lookup without a large Python dict (a dict entry costs about half a filter). The rows
+ordered by key are an int32 array (`_sorted_rows`), searched by bisection through the key
+column; keys added since it was built sit in a small dict (`_recent`) until it outgrows 1/64 of
+the index, and are then merged in (a sort of the new keys and one pass over the array; a batch
+of keys above all stored ones, as the store hands them out, is simply appended). Removed keys
+leave it at once, so every entry names a live row and moving a row only rewrites its entry.
+
+Memory budget, measured by `nbytes` and held by the tests: the raw code bytes plus 14 bytes a
+row (key 8, popcount 2, lookup 4): 1.07x the raw bytes of 1600-bit filters after a load. Spare
+capacity while growing adds at most 1/8 of the key and popcount columns, 1/8 of the last chunk
+(2 MiB) and the recent dict (~1.6 bytes a row): below 1.09x for a large index.
+
+Threads. A search hands its chunks one at a time to this thread and one helper thread per
+further usable core; faiss releases the GIL in its scans. faiss's own OpenMP threads are set to
+one in every thread that calls it (OpenMP keeps the setting per thread), because a single query
+gives OpenMP nothing to split and its idle workers would spin against ours.
+
+Speed (bench/matcher.py; a shared 2-core Xeon VM). faiss scans a 200-byte code in ~8 ns from
+cache and ~15-20 ns from memory, on one core: its Hamming loop is generic for code sizes other
+than 4/8/16/20/32/64 bytes. So a query against 1,000,000 balanced 1600-bit filters takes ~19 ms
+on one core and ~10 ms on two (anonlink's kernel ~38 ms on its one core), 16 queries at once
+~5 ms each, and 10,000,000 filters ~100 ms on two idle cores: the scan is the cost, the
+exactness around it is not (one call, a few microseconds of numpy per chunk).
 
 Concurrency. Searches hold a shared lock for their whole run and writers an exclusive one, so a
 search never sees a row half-written, moved or reallocated; waiting writers block new searches
-so that a stream of searches cannot starve them (an upsert waits for the searches already
-running: tens of milliseconds at a million filters). A large search spreads its blocks over
-this thread and one helper thread per further core (numpy releases the GIL inside ufunc loops);
-blocks are handed out one at a time, so a helper slowed by a busy neighbour just takes fewer.
+so that a stream of searches cannot starve them.
 
-Scores are exact: 2*overlap and popcount sums are exact in float64 and one IEEE division rounds
-them the same way Python's `2 * overlap / total` does, so they equal `bloom.dice`. Ties are
-ordered by key, so results are deterministic.
+GPU. With `device="gpu"` (faiss built with GPU support), the k-nearest pass runs on a copy of
+the codes in GPU memory; writes update that copy (appends) or rebuild it (replacements,
+removals). The range pass and all bookkeeping stay on the CPU, so results are the same.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import sys
 import threading
@@ -49,11 +74,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, TypeVar
 
+import faiss
 import numpy as np
 
 from .bloom import byte_length, pad_filter
 
-__all__ = ["FilterIndex"]
+__all__ = ["FilterIndex", "gpu_available"]
 
 _T = TypeVar("_T")
 
@@ -106,6 +132,11 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _single_threaded_faiss() -> None:
+    """Parallelism comes from our threads over chunks, never from OpenMP inside one scan."""
+    faiss.omp_set_num_threads(1)
+
+
 _helpers: ThreadPoolExecutor | None = None
 _helper_count = 0
 _helpers_lock = threading.Lock()
@@ -122,97 +153,68 @@ if hasattr(os, "register_at_fork"):
 
 
 def _helper_pool() -> tuple[ThreadPoolExecutor | None, int]:
-    """Threads that scan blocks beside the searching thread: one per further core, or none."""
+    """Threads that scan chunks beside the searching thread: one per further core, or none."""
     global _helpers, _helper_count
     with _helpers_lock:
         if _helpers is None:
             _helper_count = _usable_cores() - 1
             if _helper_count < 1:
                 return None, 0
-            _helpers = ThreadPoolExecutor(_helper_count, thread_name_prefix="dice-search")
+            _helpers = ThreadPoolExecutor(_helper_count, thread_name_prefix="dice-search",
+                                          initializer=_single_threaded_faiss)
         return _helpers, _helper_count
 
 
-class _TopK:
-    """The best `limit` rows seen so far: score descending, then key ascending."""
-
-    def __init__(self, min_score: float, limit: int, keys: np.ndarray) -> None:
-        self._min_score = min_score
-        self._limit = limit
-        self._keys = keys
-        self.scores = np.empty(0, np.float64)
-        self.rows = np.empty(0, np.int64)
-        # Rows scoring below this cannot enter any more. Ties with the current last one can
-        # (a smaller key wins), hence >= everywhere.
-        self.threshold = min_score
-
-    def offer(self, scores: np.ndarray, rows: np.ndarray | int) -> None:
-        """Consider `scores` of `rows` (an array, or the first row of consecutive ones)."""
-        hits = np.flatnonzero(scores >= self.threshold)
-        if hits.size > self._limit:
-            # Keep the `limit` best and everything tied with the last of them.
-            values = scores[hits]
-            cut = hits.size - self._limit
-            hits = hits[values >= np.partition(values, cut)[cut]]
-        if hits.size:
-            self.add(scores[hits], hits + rows if isinstance(rows, int) else rows[hits])
-
-    def add(self, scores: np.ndarray, rows: np.ndarray) -> None:
-        scores = np.concatenate((self.scores, scores))
-        rows = np.concatenate((self.rows, rows))
-        order = np.lexsort((self._keys[rows], -scores))[: self._limit]
-        self.scores, self.rows = scores[order], rows[order]
-        if order.size == self._limit:
-            self.threshold = max(self._min_score, float(self.scores[-1]))
-
-    def results(self) -> list[tuple[int, float]]:
-        return list(zip(self._keys[self.rows].tolist(), self.scores.tolist()))
+def gpu_available() -> bool:
+    """Whether this faiss can put an index on a GPU, and a GPU is there."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 class FilterIndex:
-    """All Bloom filters of one study and version, for vectorised Dice search."""
+    """All Bloom filters of one study and version, for exact Dice search."""
 
-    # Rows per block: one word of a block is 512 KiB of the matrix, and the temporaries of a
-    # block (~1 MiB) stay in a core's L2 cache while its 25 words stream through.
-    _block_rows = 65_536
+    # Codes per chunk: rows are a power of two (row -> chunk is a shift) near this many bytes.
+    # Large enough that faiss's per-call cost is ~1 % of a chunk's scan, small enough that the
+    # chunks spread evenly over the threads and a growing last chunk wastes little.
+    _chunk_bytes = 1 << 24
+    _chunk_rows: int | None = None  # fixed number of rows per chunk (tests), else from bytes
     # Below this many rows a second thread costs more than it saves.
     _parallel_min_rows = 2 * 65_536
-    # Queries scanned together in one pass of search_many: each word slice is loaded once for
-    # all of them, and their overlap counters (2 bytes a row each) still fit in cache.
-    _queries_per_pass = 8
-    # Rows left after the halfway bound are finished one by one if at most 1/this of a block:
-    # each costs a cache line per word, where the whole block costs 1/8 of one per row.
-    _sparse_share = 64
-    # Rows of a block whose halfway bound is computed first, to see if the rest is worth it.
-    _probe_rows = 1024
-    _growth = 1.25
+    _growth = 1.125
     _min_capacity = 64
-    # The recent-keys dict is folded into the sorted arrays beyond max(this, rows // 32).
+    # The recent-keys dict is merged into the sorted lookup beyond max(this, rows // 64).
     _recent_min = 1024
+    # Up to this many keys are looked up one by one (bisect), more at once (vectorised).
+    _few_keys = 16
 
-    def __init__(self, length_bits: int) -> None:
+    def __init__(self, length_bits: int, device: str = "cpu") -> None:
         self.length_bits = length_bits
-        self._filter_bytes = byte_length(length_bits)  # also validates length_bits
-        self._words = (length_bits + 63) // 64
-        # Overlaps and popcounts never exceed length_bits.
-        self._count_dtype = np.dtype(np.uint16 if length_bits <= 0xFFFF else np.uint32)
-        self._bits = np.empty((self._words, 0), np.uint64)
-        self._popcounts = np.empty(0, self._count_dtype)
+        self._code_bytes = byte_length(length_bits)  # also validates length_bits
+        chunk_rows = self._chunk_rows or max(1, self._chunk_bytes // self._code_bytes)
+        self._shift = chunk_rows.bit_length() - 1
+        self._rows_per_chunk = 1 << self._shift
+        # Popcounts never exceed length_bits.
+        self._popcount_dtype = np.dtype(np.uint16 if length_bits <= 0xFFFF else np.uint32)
+        self._chunks: list[np.ndarray] = []
         self._keys = np.empty(0, np.int64)
+        self._popcounts = np.empty(0, self._popcount_dtype)
+        self._histogram = np.zeros(length_bits + 1, np.int64)  # rows per popcount
         self._count = 0
-        self._sorted_keys = np.empty(0, np.int64)
-        self._sorted_rows = np.empty(0, np.int64)
+        self._sorted_rows = np.empty(0, np.int32)
         self._recent: dict[int, int] = {}
         self._lock = _ReadWriteLock()
+        if device not in ("cpu", "gpu"):
+            raise ValueError('the index device must be "cpu" or "gpu"')
+        self._gpu = _GpuCodes(self._code_bytes) if device == "gpu" else None
 
     def __len__(self) -> int:
         return self._count
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the index: matrix, popcounts, keys and the key lookup."""
+        """Memory held by the index: codes, keys, popcounts and the key lookup (CPU side)."""
         with self._lock.reading():
-            arrays = (self._bits, self._popcounts, self._keys, self._sorted_keys, self._sorted_rows)
+            arrays = [*self._chunks, self._keys, self._popcounts, self._histogram, self._sorted_rows]
             total = sum(array.nbytes for array in arrays)
             total += sys.getsizeof(self._recent)
             total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in self._recent.items())
@@ -227,118 +229,241 @@ class FilterIndex:
             raise ValueError("upsert needs exactly one filter per key")
         if not key_array.size:
             return
-        words, popcounts = self._pack(filters)
-        key_array, words, popcounts = _last_per_key(key_array, words, popcounts)
-        with self._lock.writing():
-            rows = self._locate(key_array)
-            known = rows >= 0
-            if known.any():
-                self._bits[:, rows[known]] = words[known].T
-                self._popcounts[rows[known]] = popcounts[known]
-            new = ~known
-            added = int(np.count_nonzero(new))
-            if not added:
-                return
-            start, stop = self._count, self._count + added
-            self._reserve(stop)
-            self._bits[:, start:stop] = words[new].T
-            self._popcounts[start:stop] = popcounts[new]
-            self._keys[start:stop] = key_array[new]
-            self._count = stop
-            if len(self._recent) + added > max(self._recent_min, stop // 32):
-                self._rebuild_lookup()
-            else:
-                self._recent.update(zip(key_array[new].tolist(), range(start, stop)))
+        codes = self._pack(filters)
+        self._store(key_array, codes)
+
+    def load(self, keys: Sequence[int] | np.ndarray, codes: np.ndarray | bytes) -> None:
+        """`upsert` from one buffer: the filters of `keys` back to back, each padded to the
+        version's byte length (a (rows, bytes) uint8 array or the bytes of one). The fast
+        path for loading many filters at start-up."""
+        key_array = _as_keys(keys)
+        array = np.frombuffer(codes, np.uint8) if isinstance(codes, (bytes, bytearray, memoryview)) else codes
+        array = np.ascontiguousarray(array, np.uint8).reshape(-1, self._code_bytes)
+        if key_array.size != array.shape[0]:
+            raise ValueError("load needs exactly one filter per key")
+        if not key_array.size:
+            return
+        self._check_spare_bits(array)
+        self._store(key_array, array)
 
     def remove(self, keys: Sequence[int]) -> None:
         """Forget the filters of `keys`; unknown keys are ignored."""
-        key_array = _as_keys(keys)
+        key_array = np.unique(_as_keys(keys))
         if not key_array.size:
             return
         with self._lock.writing():
-            for key in key_array.tolist():
-                row = self._locate_one(key)
-                if row < 0:
-                    continue
-                last = self._count - 1
-                if row != last:  # fill the hole with the last row
-                    self._bits[:, row] = self._bits[:, last]
-                    self._popcounts[row] = self._popcounts[last]
-                    moved = int(self._keys[last])
-                    self._keys[row] = moved
-                    self._relocate(moved, row)
-                self._recent.pop(key, None)
-                self._count = last
-            capacity = self._keys.size
-            if capacity > self._min_capacity and self._count < capacity // 2:
-                self._reallocate(max(self._min_capacity, int(self._count * self._growth)))
-            if self._sorted_keys.size > 2 * self._count + self._recent_min:
-                self._rebuild_lookup()  # mostly stale entries: give their memory back
+            rows = self._locate(key_array)
+            known = rows >= 0
+            if not known.any():
+                return
+            key_array, rows = key_array[known], rows[known]
+            self._forget_keys(key_array, rows)
+            np.subtract.at(self._histogram, self._popcounts[rows], 1)
+            count = self._count - rows.size
+            # Live rows beyond the new end fill the holes below it, in order.
+            holes = np.sort(rows[rows < count])
+            tail = np.arange(count, self._count)
+            movers = tail[~np.isin(tail, rows)]
+            if movers.size:
+                self._copy_rows(movers, holes)
+                self._keys[holes] = self._keys[movers]
+                self._popcounts[holes] = self._popcounts[movers]
+                self._relocate(self._keys[holes], movers, holes)
+            self._count = count
+            self._shrink()
+            if self._gpu is not None:
+                self._gpu.rebuild(self._chunks, self._count, self._rows_per_chunk)
+
+    def _store(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        keys, codes = _last_per_key(keys, codes)
+        popcounts = self._popcounts_of(codes)
+        with self._lock.writing():
+            rows = self._locate(keys)
+            known = rows >= 0
+            if known.any():
+                replaced = rows[known]
+                np.subtract.at(self._histogram, self._popcounts[replaced], 1)
+                np.add.at(self._histogram, popcounts[known], 1)
+                self._popcounts[replaced] = popcounts[known]
+                self._write_rows(replaced, codes[known])
+                new = ~known
+                keys, codes, popcounts = keys[new], codes[new], popcounts[new]
+            start, stop = self._count, self._count + keys.size
+            if keys.size:
+                self._reserve(stop)
+                self._write_run(start, codes)
+                self._keys[start:stop] = keys
+                self._popcounts[start:stop] = popcounts
+                self._histogram += np.bincount(popcounts, minlength=self._histogram.size)
+                self._count = stop
+                self._remember(keys, start)
+            if self._gpu is not None:
+                if known.any():
+                    self._gpu.rebuild(self._chunks, self._count, self._rows_per_chunk)
+                else:
+                    self._gpu.append(self._chunks, start, stop, self._rows_per_chunk)
+
+    # --- code storage ------------------------------------------------------------------------
 
     def _reserve(self, rows: int) -> None:
-        capacity = self._keys.size
-        if rows > capacity:
-            self._reallocate(max(rows, int(capacity * self._growth), self._min_capacity))
+        """Room for `rows` rows: full chunks, then a last chunk grown geometrically."""
+        size = self._rows_per_chunk
+        if rows > self._keys.size:
+            self._resize_columns(max(rows, int(self._keys.size * self._growth), self._min_capacity))
+        chunks_needed = -(-rows // size)
+        while len(self._chunks) < chunks_needed:
+            if self._chunks and self._chunks[-1].shape[0] < size:
+                self._resize_last_chunk(size)
+            # A new chunk holds what it must now: a bulk load ends without spare rows.
+            self._chunks.append(np.empty((min(size, rows - len(self._chunks) * size), self._code_bytes),
+                                         np.uint8))
+        in_last = rows - (chunks_needed - 1) * size
+        if self._chunks and self._chunks[-1].shape[0] < in_last:
+            capacity = self._chunks[-1].shape[0]
+            self._resize_last_chunk(min(size, max(in_last, int(capacity * self._growth), self._min_capacity)))
 
-    def _reallocate(self, capacity: int) -> None:
+    def _resize_last_chunk(self, capacity: int) -> None:
+        last = self._chunks[-1]
+        used = min(last.shape[0], max(0, self._count - (len(self._chunks) - 1) * self._rows_per_chunk))
+        grown = np.empty((capacity, self._code_bytes), np.uint8)
+        grown[:used] = last[:used]
+        self._chunks[-1] = grown
+
+    def _resize_columns(self, capacity: int) -> None:
         n = self._count
-        bits = np.empty((self._words, capacity), np.uint64)
-        bits[:, :n] = self._bits[:, :n]
-        popcounts = np.empty(capacity, self._count_dtype)
-        popcounts[:n] = self._popcounts[:n]
         keys = np.empty(capacity, np.int64)
         keys[:n] = self._keys[:n]
-        self._bits, self._popcounts, self._keys = bits, popcounts, keys
+        popcounts = np.empty(capacity, self._popcount_dtype)
+        popcounts[:n] = self._popcounts[:n]
+        self._keys, self._popcounts = keys, popcounts
+
+    def _shrink(self) -> None:
+        """Give memory back after removals: whole chunks, then spare rows of the last one."""
+        size = self._rows_per_chunk
+        del self._chunks[-(-self._count // size):]
+        if self._chunks:
+            used = self._count - (len(self._chunks) - 1) * size
+            capacity = self._chunks[-1].shape[0]
+            if capacity > self._min_capacity and used < capacity // 2:
+                self._resize_last_chunk(max(self._min_capacity, int(used * self._growth)))
+        capacity = self._keys.size
+        if capacity > self._min_capacity and self._count < capacity // 2:
+            self._resize_columns(max(self._min_capacity, int(self._count * self._growth)))
+
+    def _write_run(self, start: int, codes: np.ndarray) -> None:
+        """Codes into consecutive rows from `start`, across chunk boundaries."""
+        size, done = self._rows_per_chunk, 0
+        while done < codes.shape[0]:
+            chunk, offset = divmod(start + done, size)
+            take = min(size - offset, codes.shape[0] - done)
+            self._chunks[chunk][offset : offset + take] = codes[done : done + take]
+            done += take
+
+    def _write_rows(self, rows: np.ndarray, codes: np.ndarray) -> None:
+        chunks = rows >> self._shift
+        offsets = rows & (self._rows_per_chunk - 1)
+        for chunk in np.unique(chunks).tolist():
+            mine = chunks == chunk
+            self._chunks[chunk][offsets[mine]] = codes[mine]
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        codes = np.empty((rows.size, self._code_bytes), np.uint8)
+        chunks = rows >> self._shift
+        offsets = rows & (self._rows_per_chunk - 1)
+        for chunk in np.unique(chunks).tolist():
+            mine = chunks == chunk
+            codes[mine] = self._chunks[chunk][offsets[mine]]
+        return codes
+
+    def _copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:
+        self._write_rows(targets, self._read_rows(sources))
 
     # --- key lookup --------------------------------------------------------------------------
-
-    def _rebuild_lookup(self) -> None:
-        live = self._keys[: self._count]
-        order = np.argsort(live, kind="stable")
-        self._sorted_keys = live[order]
-        self._sorted_rows = order.astype(np.int64, copy=False)
-        self._recent.clear()
 
     def _locate(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where absent."""
         rows = np.full(keys.size, -1, np.int64)
-        if self._sorted_keys.size:
-            at = np.minimum(np.searchsorted(self._sorted_keys, keys), self._sorted_keys.size - 1)
-            candidates = self._sorted_rows[at]
-            hit = (self._sorted_keys[at] == keys) & (candidates < self._count)
-            hit[hit] = self._keys[candidates[hit]] == keys[hit]  # not a removed key's stale entry
+        # Keys from the store mostly ascend: a batch of new ones needs no search.
+        if self._sorted_rows.size and keys.min() <= self._keys[self._sorted_rows[-1]]:
+            at = np.minimum(self._lower_bound(keys), self._sorted_rows.size - 1)
+            candidates = self._sorted_rows[at].astype(np.int64)
+            hit = self._keys[candidates] == keys
             rows[hit] = candidates[hit]
         if self._recent:
             if keys.size <= 64:
                 for i, key in enumerate(keys.tolist()):
                     rows[i] = self._recent.get(key, rows[i])
             else:
-                recent_keys = np.fromiter(self._recent.keys(), np.int64, len(self._recent))
-                recent_rows = np.fromiter(self._recent.values(), np.int64, len(self._recent))
-                order = np.argsort(recent_keys)
-                recent_keys, recent_rows = recent_keys[order], recent_rows[order]
+                recent_keys, recent_rows = self._recent_arrays()
                 at = np.minimum(np.searchsorted(recent_keys, keys), recent_keys.size - 1)
                 hit = recent_keys[at] == keys
                 rows[hit] = recent_rows[at[hit]]
         return rows
 
-    def _locate_one(self, key: int) -> int:
-        row = self._recent.get(key)
-        if row is not None:
-            return row
-        at = int(np.searchsorted(self._sorted_keys, key))
-        if at < self._sorted_keys.size and self._sorted_keys[at] == key:
-            row = int(self._sorted_rows[at])
-            if row < self._count and self._keys[row] == key:
-                return row
-        return -1
+    def _lower_bound(self, keys: np.ndarray) -> np.ndarray:
+        """Position of each key in the sorted lookup (where it is, or would be inserted)."""
+        order, column = self._sorted_rows, self._keys
+        if keys.size <= self._few_keys:
+            by_key = column.__getitem__
+            return np.array([bisect.bisect_left(order, key, key=by_key) for key in keys.tolist()], np.int64)
+        size = order.size
+        low = np.zeros(keys.size, np.int64)
+        high = np.full(keys.size, size, np.int64)
+        for _ in range(size.bit_length()):  # halves every open interval
+            open_ = low < high
+            middle = (low + high) >> 1
+            below = open_ & (column[order[np.minimum(middle, size - 1)]] < keys)
+            low = np.where(below, middle + 1, low)
+            high = np.where(open_ & ~below, middle, high)
+        return low
 
-    def _relocate(self, key: int, row: int) -> None:
-        """Record that live `key` now sits in `row`."""
-        if key in self._recent:
-            self._recent[key] = row
-        else:  # every live key not in _recent has a valid sorted entry
-            self._sorted_rows[np.searchsorted(self._sorted_keys, key)] = row
+    def _recent_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        recent_keys = np.fromiter(self._recent.keys(), np.int64, len(self._recent))
+        recent_rows = np.fromiter(self._recent.values(), np.int64, len(self._recent))
+        order = np.argsort(recent_keys)
+        return recent_keys[order], recent_rows[order]
+
+    def _remember(self, keys: np.ndarray, start: int) -> None:
+        """Record new keys stored from row `start` on."""
+        if len(self._recent) + keys.size <= max(self._recent_min, self._count // 64):
+            self._recent.update(zip(keys.tolist(), range(start, start + keys.size)))
+            return
+        rows = np.arange(start, start + keys.size, dtype=np.int64)
+        if self._recent:
+            recent_keys, recent_rows = self._recent_arrays()
+            keys, rows = np.concatenate((recent_keys, keys)), np.concatenate((recent_rows, rows))
+            self._recent.clear()
+        order = np.argsort(keys, kind="stable")
+        keys, rows = keys[order], rows[order]
+        dtype = np.int32 if self._count < 2**31 else np.int64
+        if not self._sorted_rows.size:
+            self._sorted_rows = rows.astype(dtype)
+        elif self._keys[self._sorted_rows[-1]] < keys[0]:  # keys from the store mostly ascend
+            self._sorted_rows = np.concatenate((self._sorted_rows.astype(dtype, copy=False), rows.astype(dtype)))
+        else:
+            self._sorted_rows = np.insert(self._sorted_rows.astype(dtype, copy=False),
+                                          self._lower_bound(keys), rows.astype(dtype))
+
+    def _forget_keys(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Drop live `keys` (in `rows`) from the lookup."""
+        in_sorted = np.ones(keys.size, bool)
+        if self._recent:
+            for i, key in enumerate(keys.tolist()):
+                if self._recent.pop(key, None) is not None:
+                    in_sorted[i] = False
+        if in_sorted.any():
+            self._sorted_rows = np.delete(self._sorted_rows, self._lower_bound(keys[in_sorted]))
+
+    def _relocate(self, keys: np.ndarray, old_rows: np.ndarray, new_rows: np.ndarray) -> None:
+        """Record that live `keys` moved from `old_rows` to `new_rows` (old rows still hold them)."""
+        in_sorted = np.ones(keys.size, bool)
+        if self._recent:
+            for i, (key, row) in enumerate(zip(keys.tolist(), new_rows.tolist())):
+                if key in self._recent:
+                    self._recent[key] = row
+                    in_sorted[i] = False
+        if in_sorted.any():
+            self._sorted_rows[self._lower_bound(keys[in_sorted])] = new_rows[in_sorted]
 
     # --- searching ---------------------------------------------------------------------------
 
@@ -349,167 +474,203 @@ class FilterIndex:
     def search_many(
         self, queries: Sequence[bytes], min_score: float, limit: int = 10
     ) -> list[list[tuple[int, float]]]:
-        """`search` for several queries in shared passes over the matrix."""
+        """`search` for several queries in the same faiss calls."""
         if not len(queries):
             return []
-        words, popcounts = self._pack(queries)
+        codes = self._pack(queries)
         if limit <= 0:
             return [[] for _ in range(len(queries))]
-        results: list[list[tuple[int, float]]] = []
+        popcounts = self._popcounts_of(codes).astype(np.int64)
         with self._lock.reading():
-            for first in range(0, len(queries), self._queries_per_pass):
-                part = slice(first, first + self._queries_per_pass)
-                results += self._search_pass(words[part], popcounts[part], float(min_score), limit)
+            return self._search(codes, popcounts, float(min_score), int(limit))
+
+    def _search(
+        self, codes: np.ndarray, popcounts: np.ndarray, min_score: float, limit: int
+    ) -> list[list[tuple[int, float]]]:
+        # The caller holds the lock throughout, so the arrays stay valid and unchanged.
+        results: list[list[tuple[int, float]]] = [[] for _ in range(codes.shape[0])]
+        if not self._count or not min_score <= 1.0:
+            return results
+        high = int(np.flatnonzero(self._histogram)[-1])  # the largest stored popcount
+        # More than limit+1: among random filters the limit-th and the next are often equally far,
+        # and that tie alone would send the search into the range pass.
+        seen = min(2 * limit + 16, self._count)
+        distances, rows = self._nearest(codes, seen)
+        unsettled: list[tuple[int, float]] = []
+        for q, query_popcount in enumerate(popcounts.tolist()):
+            scores = _dice(query_popcount, distances[q], self._popcounts[rows[q]])
+            results[q] = _best(scores, self._keys[rows[q]], min_score, limit)
+            beat = results[q][-1][1] if len(results[q]) == limit else min_score
+            if seen < self._count and _best_possible(query_popcount, high, int(distances[q, -1])) >= beat:
+                unsettled.append((q, beat))
+        if unsettled:
+            chosen = [q for q, _ in unsettled]
+            radius = max(_radius(int(popcounts[q]), high, beat, self.length_bits) for q, beat in unsettled)
+            found = self._within(codes[chosen], popcounts[chosen], radius, min_score, limit)
+            for q, hits in zip(chosen, found):
+                results[q] = hits
         return results
 
-    def _search_pass(
-        self, words: np.ndarray, popcounts: np.ndarray, min_score: float, limit: int
+    def _nearest(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest rows of each query by Hamming distance (any order among equals):
+        distances and rows, both (queries, k), nearest first."""
+        if self._gpu is not None and k <= self._gpu.max_k:
+            return self._gpu.nearest(codes, k)
+        size = self._rows_per_chunk
+
+        def scan(chunk_numbers: Iterator[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+            _single_threaded_faiss()
+            found = []
+            for chunk in chunk_numbers:
+                filled = min(size, self._count - chunk * size)
+                distances, rows = faiss.knn_hamming(codes, self._chunks[chunk][:filled], min(k, filled))
+                found.append((distances, rows + chunk * size))
+            return found
+
+        parts = [part for worker in self._run(scan) for part in worker]
+        distances = np.concatenate([d for d, _ in parts], axis=1)
+        rows = np.concatenate([r for _, r in parts], axis=1)
+        if distances.shape[1] > k:
+            keep = np.argpartition(distances, k - 1, axis=1)[:, :k]
+            distances = np.take_along_axis(distances, keep, axis=1)
+            rows = np.take_along_axis(rows, keep, axis=1)
+        order = np.argsort(distances, axis=1, kind="stable")
+        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+    def _within(
+        self, codes: np.ndarray, popcounts: np.ndarray, radius: int, min_score: float, limit: int
     ) -> list[list[tuple[int, float]]]:
-        # The caller holds the lock throughout, so these arrays stay valid and unchanged.
-        plan = _Pass(self, words, popcounts, min_score, limit)
-        starts = iter(range(0, self._count, self._block_rows))
-        per_worker = _run_shared(
-            lambda blocks: _Scanner(plan).run(blocks), starts, self._count >= self._parallel_min_rows
-        )
-        results = []
-        for q in range(len(plan.query_popcounts)):
-            top = per_worker[0][q]
-            for other in per_worker[1:]:
-                top.add(other[q].scores, other[q].rows)
-            results.append(top.results())
+        """The best `limit` rows by exact score among those within Hamming distance `radius`."""
+        size, queries = self._rows_per_chunk, codes.shape[0]
+
+        def scan(chunk_numbers: Iterator[int]) -> list[list[tuple[int, float]]]:
+            _single_threaded_faiss()
+            best: list[list[tuple[int, float]]] = [[] for _ in range(queries)]
+            for chunk in chunk_numbers:
+                filled = min(size, self._count - chunk * size)
+                found = faiss.RangeSearchResult(queries)
+                # faiss keeps the distances below its radius argument.
+                faiss.hamming_range_search(faiss.swig_ptr(codes), faiss.swig_ptr(self._chunks[chunk][:filled]),
+                                           queries, filled, radius + 1, self._code_bytes, found)
+                bounds = faiss.rev_swig_ptr(found.lims, queries + 1).astype(np.int64)
+                if not bounds[-1]:
+                    continue
+                distances = faiss.rev_swig_ptr(found.distances, int(bounds[-1])).astype(np.int64)
+                rows = faiss.rev_swig_ptr(found.labels, int(bounds[-1])) + chunk * size
+                for q in range(queries):
+                    part = slice(bounds[q], bounds[q + 1])
+                    if part.start == part.stop:
+                        continue
+                    scores = _dice(int(popcounts[q]), distances[part], self._popcounts[rows[part]])
+                    hits = _best(scores, self._keys[rows[part]], min_score, limit)
+                    best[q] = _merge(best[q], hits, limit)
+            return best
+
+        results: list[list[tuple[int, float]]] = [[] for _ in range(queries)]
+        for worker in self._run(scan):
+            results = [_merge(mine, theirs, limit) for mine, theirs in zip(results, worker)]
         return results
+
+    def _run(self, scan: Callable[[Iterator[int]], _T]) -> list[_T]:
+        return _run_shared(scan, iter(range(len(self._chunks))), self._count >= self._parallel_min_rows)
 
     # --- conversion --------------------------------------------------------------------------
 
-    def _pack(self, filters: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Filters as rows of uint64 words (zero-padded) and their popcounts; validates lengths."""
-        size = self._filter_bytes
-        if not all(len(f) == size for f in filters):
+    def _pack(self, filters: Sequence[bytes]) -> np.ndarray:
+        """Filters as rows of codes (zero-padded to the byte length); validates lengths."""
+        size = self._code_bytes
+        if not (np.fromiter(map(len, filters), np.int64, len(filters)) == size).all():
             filters = [pad_filter(f, self.length_bits) for f in filters]
-        joined = np.frombuffer(b"".join(filters), np.uint8).reshape(len(filters), size)
-        spare_bits = size * 8 - self.length_bits
-        if spare_bits and (joined[:, -1] >> (8 - spare_bits)).any():
+        codes = np.frombuffer(b"".join(filters), np.uint8).reshape(len(filters), size)
+        self._check_spare_bits(codes)
+        return codes
+
+    def _check_spare_bits(self, codes: np.ndarray) -> None:
+        spare_bits = self._code_bytes * 8 - self.length_bits
+        if spare_bits and (codes[:, -1] >> (8 - spare_bits)).any():
             raise ValueError(f"Bloom filter has bits set beyond the version's {self.length_bits} bits")
-        padded = np.zeros((len(filters), self._words * 8), np.uint8)
-        padded[:, :size] = joined
-        words = padded.view(np.uint64)
-        popcounts = np.bitwise_count(words).sum(axis=1, dtype=self._count_dtype)
-        return words, popcounts
+
+    def _popcounts_of(self, codes: np.ndarray) -> np.ndarray:
+        words = codes.view(np.uint64) if self._code_bytes % 8 == 0 else codes
+        counts = np.empty(codes.shape[0], self._popcount_dtype)
+        for start in range(0, codes.shape[0], 65_536):  # bounded temporaries
+            part = words[start : start + 65_536]
+            counts[start : start + part.shape[0]] = np.bitwise_count(part).sum(axis=1, dtype=np.uint32)
+        return counts
 
 
-class _Pass:
-    """What all threads scanning for the same queries share: the index's arrays and the queries."""
+class _GpuCodes:
+    """The codes again in GPU memory, in row order, for the k-nearest pass."""
 
-    def __init__(
-        self, index: FilterIndex, words: np.ndarray, popcounts: np.ndarray, min_score: float, limit: int
-    ) -> None:
-        self.bits, self.popcounts, self.keys = index._bits, index._popcounts, index._keys
-        self.count, self.block_rows = index._count, index._block_rows
-        self.sparse_share, self.probe_rows = index._sparse_share, index._probe_rows
-        self.count_dtype = index._count_dtype
-        self.words, self.min_score, self.limit = words, min_score, limit
-        self.query_popcounts: list[int] = popcounts.tolist()
-        # For each word, the queries with bits in it and their word: words a query leaves
-        # empty add nothing to its overlap and are skipped.
-        self.word_users = [[(q, word) for q, word in enumerate(column) if word] for column in words.T]
-        # Halfway through the words, a row's overlap can grow by at most the query's bits in
-        # the second half. Where that cannot reach the threshold (a high min_score, or a full
-        # top-k list) the row is dropped; when nearly all rows of a block are, the second half
-        # is read for the few left only, which halves the memory traffic and the work.
-        self.halfway = (words.shape[1] + 1) // 2
-        self.rest_popcounts: list[int] = np.bitwise_count(words[:, self.halfway :]).sum(axis=1).tolist()
+    # The largest k faiss's GPU k-selection supports in every version (newer ones go to 2048).
+    max_k = 1024
 
+    def __init__(self, code_bytes: int) -> None:
+        if not gpu_available():
+            raise RuntimeError("the Bloom filter index was asked to use a GPU, but faiss has no GPU "
+                               "support here (install faiss-gpu) or sees no GPU")
+        self._bits = code_bytes * 8
+        self._resources = faiss.StandardGpuResources()
+        self._index = faiss.index_binary_cpu_to_gpu(self._resources, 0, faiss.IndexBinaryFlat(self._bits))
+        self._lock = threading.Lock()  # one GPU stream: searches take turns
 
-class _Scanner:
-    """One thread's share of a pass: blocks of rows, with buffers reused from block to block."""
+    def append(self, chunks: list[np.ndarray], start: int, stop: int, size: int) -> None:
+        with self._lock:
+            for chunk in range(start // size, -(-stop // size)):
+                first = max(start, chunk * size) - chunk * size
+                self._index.add(chunks[chunk][first : min(stop, (chunk + 1) * size) - chunk * size])
 
-    def __init__(self, plan: _Pass) -> None:
-        self.plan = plan
-        queries, rows = len(plan.query_popcounts), plan.block_rows
-        self.tops = [_TopK(plan.min_score, plan.limit, plan.keys) for _ in range(queries)]
-        self._conjunction = np.empty(rows, np.uint64)
-        self._word_overlap = np.empty(rows, np.uint8)
-        self._overlaps = np.empty((queries, rows), plan.count_dtype)
-        self._totals = np.empty(rows, np.float64)
-        self._scores = np.empty(rows, np.float64)
+    def rebuild(self, chunks: list[np.ndarray], count: int, size: int) -> None:
+        with self._lock:
+            self._index.reset()
+        self.append(chunks, 0, count, size)
 
-    def run(self, block_starts: Iterator[int]) -> list[_TopK]:
-        for start in block_starts:
-            self._scan_block(start, min(start + self.plan.block_rows, self.plan.count))
-        return self.tops
-
-    def _scan_block(self, start: int, stop: int) -> None:
-        plan, size = self.plan, stop - start
-        block = plan.bits[:, start:stop]
-        block_popcounts = plan.popcounts[start:stop]
-        total, score = self._totals[:size], self._scores[:size]
-        overlaps = self._overlaps[:, :size]
-        overlaps.fill(0)
-        queries = range(len(plan.query_popcounts))
-        words = plan.words.shape[1]
-
-        self._add_overlaps(block, range(plan.halfway), queries, size)
-        unpruned = []
-        for q in queries:
-            if self.tops[q].threshold > 0 and plan.halfway < words:
-                # A probe of the first rows tells cheaply whether bounding them all pays.
-                probe = min(size, plan.probe_rows)
-                if self._reachable(q, block_popcounts, probe).size * plan.sparse_share <= probe:
-                    left = self._reachable(q, block_popcounts, size)
-                    if left.size * plan.sparse_share <= size:
-                        # Few left: fetch their second-half words row by row.
-                        rest = block[plan.halfway :, left] & plan.words[q, plan.halfway :, None]
-                        final = overlaps[q][left] + np.bitwise_count(rest).sum(axis=0)
-                        self.tops[q].offer(_dice(final.astype(np.float64), total[left]), left + start)
-                        continue
-            unpruned.append(q)
-        self._add_overlaps(block, range(plan.halfway, words), unpruned, size)
-        for q in unpruned:
-            _totals(total, block_popcounts, plan.query_popcounts[q])
-            np.copyto(score, overlaps[q])
-            self.tops[q].offer(_dice(score, total), start)
-
-    def _add_overlaps(self, block: np.ndarray, words: range, queries: Sequence[int], size: int) -> None:
-        # Word-major, so that each word slice of the block is read from memory once for all
-        # queries of the pass; the temporaries stay in cache.
-        anded, counted = self._conjunction[:size], self._word_overlap[:size]
-        overlaps = self._overlaps[:, :size]
-        for w in words:
-            stored = block[w]
-            for q, word in self.plan.word_users[w]:
-                if q in queries:
-                    np.bitwise_and(stored, word, out=anded)
-                    np.bitwise_count(anded, out=counted)
-                    np.add(overlaps[q], counted, out=overlaps[q])
-
-    def _reachable(self, q: int, block_popcounts: np.ndarray, rows: int) -> np.ndarray:
-        """Those of the block's first `rows` rows whose Dice can still reach the threshold.
-
-        Leaves |A|+|B| of these rows in the totals buffer. The bound is exact: the final
-        2*overlap is at most 2*(overlap so far + the query's remaining bits), and IEEE division
-        by the same total is monotonic, so no row reaching the threshold is dropped.
-        """
-        total = _totals(self._totals[:rows], block_popcounts[:rows], self.plan.query_popcounts[q])
-        bound = self._scores[:rows]
-        np.add(self._overlaps[q, :rows], self.plan.rest_popcounts[q], out=bound, dtype=np.float64)
-        return np.flatnonzero(_dice(bound, total) >= self.tops[q].threshold)
+    def nearest(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            distances, rows = self._index.search(codes, k)
+        return distances.astype(np.int64), rows
 
 
-def _totals(out: np.ndarray, popcounts: np.ndarray, query_popcount: int) -> np.ndarray:
-    """|A| + |B| per row as float64, 1 where both are empty (their Dice is 0, not 0/0)."""
-    np.add(popcounts, query_popcount, out=out, dtype=np.float64)
-    if query_popcount == 0:
-        np.maximum(out, 1.0, out=out)
-    return out
+def _dice(query_popcount: int, distances: np.ndarray, popcounts: np.ndarray) -> np.ndarray:
+    """Exact Dice scores from Hamming distances: (|A|+|B|-H) / (|A|+|B|), 0 where both are empty.
+
+    Numerator and denominator are integers well below 2^53, so float64 holds them exactly and
+    the one division rounds like Python's `2 * overlap / total`."""
+    totals = popcounts.astype(np.float64) + query_popcount
+    overlaps_twice = totals - distances
+    np.maximum(totals, 1.0, out=totals)  # 0/1 = 0.0 where both filters are empty
+    return overlaps_twice / totals
 
 
-def _dice(overlaps: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    """2 * overlaps / totals in place in `overlaps` (float64): exact like Python's division."""
-    np.multiply(overlaps, 2.0, out=overlaps)
-    return np.divide(overlaps, totals, out=overlaps)
+def _best_possible(query_popcount: int, high: int, distance: int) -> float:
+    """The highest score any row at Hamming distance >= `distance` with popcount <= `high` can
+    have: the score rises with the popcount at a fixed distance, and rounding is monotonic."""
+    total = query_popcount + high
+    return (total - distance) / total if total else 0.0
 
 
-def _as_keys(keys: Sequence[int]) -> np.ndarray:
+def _radius(query_popcount: int, high: int, score: float, length_bits: int) -> int:
+    """A Hamming distance beyond which no row reaches `score` (an upper bound, 1 to spare)."""
+    if score <= 0.0:
+        return length_bits
+    return min(length_bits, int((1.0 - score) * (query_popcount + high)) + 1)
+
+
+def _best(scores: np.ndarray, keys: np.ndarray, min_score: float, limit: int) -> list[tuple[int, float]]:
+    """The best `limit` (key, score) pairs with score >= min_score: score down, then key up."""
+    keep = scores >= min_score
+    scores, keys = scores[keep], keys[keep]
+    order = np.lexsort((keys, -scores))[:limit]
+    return list(zip(keys[order].tolist(), scores[order].tolist()))
+
+
+def _merge(a: list[tuple[int, float]], b: list[tuple[int, float]], limit: int) -> list[tuple[int, float]]:
+    if not a or not b:
+        return (a or b)[:limit]
+    return sorted(a + b, key=lambda hit: (-hit[1], hit[0]))[:limit]
+
+
+def _as_keys(keys: Sequence[int] | np.ndarray) -> np.ndarray:
     array = np.asarray(keys)
     if not array.size:
         return np.empty(0, np.int64)
@@ -518,30 +679,30 @@ def _as_keys(keys: Sequence[int]) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def _last_per_key(
-    keys: np.ndarray, words: np.ndarray, popcounts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _last_per_key(keys: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop all but the last filter of keys given more than once in one batch."""
+    if keys.size < 2 or (keys[1:] > keys[:-1]).all():  # ascending, as the store returns them
+        return keys, codes
     unique, last_from_end = np.unique(keys[::-1], return_index=True)
     if unique.size == keys.size:
-        return keys, words, popcounts
+        return keys, codes
     keep = np.sort(keys.size - 1 - last_from_end)
-    return keys[keep], words[keep], popcounts[keep]
+    return keys[keep], codes[keep]
 
 
-def _run_shared(work: Callable[[Iterator[int]], _T], blocks: Iterator[int], parallel: bool) -> list[_T]:
-    """Run `work` here and, if `parallel`, on helper threads, all pulling from one block iterator.
+def _run_shared(work: Callable[[Iterator[int]], _T], chunks: Iterator[int], parallel: bool) -> list[_T]:
+    """Run `work` here and, if `parallel`, on helper threads, all pulling from one chunk iterator.
 
-    Taking the next block from a shared iterator is atomic under the GIL, so each block is
+    Taking the next chunk from a shared iterator is atomic under the GIL, so each chunk is
     scanned exactly once. A helper that has not started by the time this thread runs out of
-    blocks is cancelled rather than waited for (helpers may be busy with other searches).
+    chunks is cancelled rather than waited for (helpers may be busy with other searches).
     """
     pool, helper_count = _helper_pool() if parallel else (None, 0)
     if pool is None:
-        return [work(blocks)]
-    helpers = [pool.submit(work, blocks) for _ in range(helper_count)]
+        return [work(chunks)]
+    helpers = [pool.submit(work, chunks) for _ in range(helper_count)]
     try:
-        results = [work(blocks)]
+        results = [work(chunks)]
     finally:
         # Helpers read arrays the caller's lock protects: never leave while one still runs.
         started = [future for future in helpers if not future.cancel()]
