@@ -123,11 +123,12 @@ def decode(body: bytes, fmt: Format) -> dict:
 NOT_IN_FHIR_STRINGS = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff"
     + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(1, 17)) + "]")
-# What in a JSON body may spell one of them: an escaped control character (or an escaped backslash
-# before "u00.."), an escaped non-character or surrogate, or the UTF-8 bytes of a non-character.
+# What in a JSON body may spell one of them: an escaped control character, short (\b, \f) or long
+# (or an escaped backslash before "b", "f" or "u00.."), an escaped non-character or surrogate, or
+# the UTF-8 bytes of a non-character.
 _SUSPECT_JSON = re.compile(
-    rb"\\u00[01][0-9a-fA-F]|\\u[fF][dD][dDeE][0-9a-fA-F]|\\u[fF]{3}[eEfF]|\\u[dD][89a-fA-F]"
-    rb"|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+    rb"\\(?:[bf]|u(?:00[01][0-9a-fA-F]|[fF][dD][dDeE][0-9a-fA-F]|[fF]{3}[eEfF]|[dD][89a-fA-F]))"
+    rb"|\xef(?:\xb7[\x90-\xaf]|\xbf[\xbe\xbf])|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
 
 
 def check_strings(resource: Any) -> None:

@@ -4,9 +4,10 @@ client may send before the application sees the request.
 uvicorn's httptools protocol reads request lines and headers of any size and count and waits for
 them as long as the client likes. This one answers 431 once the headers pass `[limits]
 max_header_bytes` or `max_headers`, and 408 when they are not complete within the body timeout,
-each with a FHIR OperationOutcome, and closes the connection. (The body has its own size limit and
-timeout in the application.) Worker processes read the limits from the configuration their app
-factory loaded (`use_limits`).
+each with a FHIR OperationOutcome, and closes the connection; beyond `max_connections` (open
+connections or requests in progress of this worker) it answers 503 with an OperationOutcome where
+uvicorn would answer plain text. (The body has its own size limit and timeout in the application.)
+Worker processes read the limits from the configuration their app factory loaded (`use_limits`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def use_limits(limits: Limits) -> None:
     """Set the limits for the connections this process accepts from now on."""
     global _limits
     _limits = limits
+
+
+async def _busy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The answer beyond `[limits] max_connections`: 503, and the connection closed."""
+    body = orjson.dumps(fhir.operation_outcome("error", "transient", "the server is busy; try again later"))
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _Refused(Exception):
@@ -83,6 +93,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            # uvicorn's own refusal is plain text; this one is FHIR, through the same flow.
+            app, self.app, self.limit_concurrency = self.app, _busy, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app, self.limit_concurrency = app, limit
+            return
         super().on_headers_complete()
 
     def _count(self, size: int) -> None:

@@ -57,3 +57,40 @@ def _values(value: object):
             yield from _values(item)
     else:
         yield value
+
+
+def snapshot(repository: Repository) -> dict[str, list[str]]:
+    """Every row of every table (or document of every collection), per table, in a stable order:
+    two snapshots are equal exactly when the store holds the same data."""
+    if hasattr(repository, "engine"):
+        return _sql_snapshot(repository)
+    return _mongo_snapshot(repository)
+
+
+def _sql_snapshot(repository) -> dict[str, list[str]]:
+    import sqlalchemy as sa
+
+    engine = repository.engine
+    tables: dict[str, list[str]] = {}
+    with engine.connect() as connection:
+        for table in sa.inspect(connection).get_table_names():
+            rows = connection.execute(sa.text(f'SELECT * FROM "{table}"'))
+            tables[table] = sorted(repr(tuple(_plain(v) for v in row)) for row in rows)
+    return tables
+
+
+def _mongo_snapshot(repository) -> dict[str, list[str]]:
+    database = repository.database
+    return {name: sorted(repr(_plain(document)) for document in database[name].find())
+            for name in sorted(database.list_collection_names())}
+
+
+def _plain(value: object) -> object:
+    """A value whose repr does not depend on dict order or buffer identity."""
+    if isinstance(value, dict):
+        return sorted((str(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (memoryview, bytearray)):
+        return bytes(value)
+    return value

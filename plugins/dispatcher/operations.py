@@ -380,7 +380,8 @@ class DispatcherOperations:
                      parameters=(study, Param("patient", "Patient", 1, 1, "the Patient"),
                                  Param("context", None, 1, "*", "where to pseudonymise", parts=(
                                      Param("target", "string", 1, 1, "domain", scope="domains"),
-                                     Param("count", "integer", 0, 1, "pseudonyms wanted; 0 looks up only")))),
+                                     Param("count", "integer", 0, 1, "pseudonyms wanted; 0 looks up only",
+                                           creates=True)))),
                      returns=(Param("externalPatientId", "string", 1, 1, "Patient.id as sent"),
                               Param("pseudonym", None, 1, "*", "pseudonyms of one domain", parts=(
                                   Param("target", "Identifier", 1, 1), Param("value", "Identifier", 0, "*"))))),
