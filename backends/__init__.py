@@ -7,13 +7,15 @@ from typing import Any, Iterable
 from .base import Repository, StorageError, StoreDefinition
 
 
-def open_repository(url: str, stores: Iterable[StoreDefinition[Any]]) -> Repository:
-    """The repository for a storage URL (sqlite:///, postgresql://, mongodb://) holding `stores`."""
+def open_repository(url: str, stores: Iterable[StoreDefinition[Any]], *, group_commit: bool = True) -> Repository:
+    """The repository for a storage URL (sqlite:///, postgresql://, mongodb://) holding `stores`.
+    With `group_commit`, the write units of a process share transactions (SQL; see
+    `backends.sql.grouping`); MongoDB commits each unit, its journal grouping the writes."""
     stores = list(stores)
     if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
         from .sql import SqlRepository
 
-        return SqlRepository(url, stores)
+        return SqlRepository(url, stores, group_commit)
     scheme = url.split("://", 1)[0]
     from .mongo import MongoRepository
 

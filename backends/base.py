@@ -137,6 +137,10 @@ class WriteUnit(UnitOfWork):
     def rollback(self) -> None:
         """Undo every write of the unit; never raises."""
 
+    async def commit_async(self) -> None:
+        """`commit` for a unit used on the event loop (see `Repository.begin_async`)."""
+        self.commit()
+
 
 class Repository(ABC):
     """A store chosen by URL (`backends.open_repository`), holding the stores of all plugins."""
@@ -147,6 +151,9 @@ class Repository(ABC):
     reads_block: bool = True
     # Whether write units offer real savepoints (see WriteUnit).
     savepoints: bool = True
+    # Whether `begin_async` offers write units that an event loop may use without blocking:
+    # statements that take microseconds, commits awaited (an embedded store with group commit).
+    inline_writes: bool = False
 
     @abstractmethod
     def migrate(self) -> None:
@@ -160,6 +167,10 @@ class Repository(ABC):
     @abstractmethod
     def begin(self) -> WriteUnit:
         """A write unit; its owner commits or rolls it back."""
+
+    async def begin_async(self) -> WriteUnit:
+        """A write unit for the event loop (only where `inline_writes`)."""
+        raise NotImplementedError("this store's write units block; begin them on a worker thread")
 
     def write(self, work: Callable[[UnitOfWork], T], attempts: int = 8) -> T:
         """Run `work` in a write unit and commit it; run it again when the store was `Busy`.
@@ -193,10 +204,15 @@ class Repository(ABC):
         """Release connections."""
 
 
-def backoff(attempt: int) -> None:
-    """Wait before running a unit of work again: a few milliseconds, growing, with jitter, so
-    that writers that collided do not collide again in step."""
+def backoff_seconds(attempt: int) -> float:
+    """How long to wait before running a unit of work again: a few milliseconds, growing, with
+    jitter, so that writers that collided do not collide again in step."""
     import random
+
+    return random.uniform(0.5, 1.0) * min(0.2, 0.002 * 2.0 ** attempt)
+
+
+def backoff(attempt: int) -> None:
     import time
 
-    time.sleep(random.uniform(0.5, 1.0) * min(0.2, 0.002 * 2 ** attempt))
+    time.sleep(backoff_seconds(attempt))

@@ -22,8 +22,8 @@ async def pseudonymize(request: Request) -> Response:
     target = next(p["valueString"] for p in parameters if p["name"] == "target")
     original = next(p["valueString"] for p in parameters if p["name"] == "original")
     row = database.execute(
-        "SELECT pseudonym FROM pseudonym JOIN domain ON domain.id = pseudonym.domain_id "
-        "WHERE domain.name = ? AND number = 0 AND original = ?", (target, original)).fetchone()
+        "SELECT pseudonym FROM gpas_pseudonym AS p JOIN gpas_domain AS d ON d.id = p.domain_id "
+        "WHERE d.name = ? AND number = 0 AND original = ?", (target, original)).fetchone()
     answer = {"resourceType": "Parameters", "parameter": [{"name": "pseudonym", "part": [
         {"name": "target", "valueIdentifier": {"system": SYSTEM, "value": target}},
         {"name": "original", "valueIdentifier": {"system": SYSTEM, "value": original}},

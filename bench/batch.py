@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 import sqlalchemy as sa
 
-from ttp_gateway.backends.sql.schema import metadata
+from ttp_gateway.plugins.gpas.store_sql import metadata
 from ttp_gateway.plugins.gpas.domains import Domain
 
 from .servers import gateway, postgres_available, postgres_database
@@ -76,7 +76,7 @@ def sqlite_floor(repeats: int, batch: int) -> list[float]:
         engine = sa.create_engine(f"sqlite:///{path}")
         metadata.create_all(engine)
         with engine.begin() as conn:
-            conn.exec_driver_sql("INSERT INTO domain (id, name, settings) VALUES (1, 'MIRACUM', '{}')")
+            conn.exec_driver_sql("INSERT INTO gpas_domain (id, name, settings) VALUES (1, 'MIRACUM', '{}')")
         engine.dispose()
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")
@@ -84,7 +84,7 @@ def sqlite_floor(repeats: int, batch: int) -> list[float]:
 
         def insert(rows):
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO pseudonym (domain_id, original, number, pseudonym) VALUES (?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO gpas_pseudonym (domain_id, original, number, pseudonym) VALUES (?, ?, ?, ?)", rows)
             db.execute("COMMIT")
 
         try:
@@ -99,12 +99,12 @@ def postgres_floor(url: str, repeats: int, batch: int) -> list[float]:
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO domain (id, name, settings) VALUES (1, 'MIRACUM', '{}')")
+        conn.exec_driver_sql("INSERT INTO gpas_domain (id, name, settings) VALUES (1, 'MIRACUM', '{}')")
     engine.dispose()
     with psycopg.connect(url) as db:
         def insert(rows):
             with db.cursor() as cursor:
-                cursor.executemany("INSERT INTO pseudonym (domain_id, original, number, pseudonym) "
+                cursor.executemany("INSERT INTO gpas_pseudonym (domain_id, original, number, pseudonym) "
                                    "VALUES (%s, %s, %s, %s)", rows)
             db.commit()
 

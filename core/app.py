@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import parse_qs, parse_qsl
 
 import orjson
-from starlette.concurrency import run_in_threadpool
+from .threads import in_thread as run_in_threadpool
 from starlette.routing import Match, Route
 
 from ttp_gateway.backends import open_repository
@@ -41,7 +41,7 @@ from ttp_gateway.backends.base import Repository, StorageError, StoreRegistry
 from . import capability, codec, fhir
 from .auth import Authenticator, Client, ScopeKinds, api_key_from_settings
 from .config import Config, ConfigError, Limits, load_config
-from .errors import FhirError, InvalidRequest, NotAuthenticated, NotFound, PayloadTooLarge
+from .errors import CodecError, FhirError, InvalidRequest, NotAuthenticated, NotFound, PayloadTooLarge
 from .execution import Answer, Executor, internal_error, outcome_of, storage_failure
 from .gateway import Call, Gateway, utc_now
 from .keystore import KEYS
@@ -101,6 +101,7 @@ class GatewayApp:
         self._metrics_enabled = bool(metrics["enabled"]) and not int(metrics["port"])
         self._metrics_key = str(metrics.get("key_sha256") or "").lower()
         self._reads_block = gateway.repository.reads_block
+        self._inline_writes = gateway.repository.inline_writes
         self.auth = Authenticator.from_settings(gateway.config.data["auth"], self._stored_keys)
         self.keys = self.auth.keys
         self._challenge = (self.auth.challenge() or "").encode()
@@ -172,7 +173,7 @@ class GatewayApp:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", str(len(content)).encode()), *request.extra_headers]})
-        await send({"type": "http.response.body", "body": content})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else content})
 
     def _read_headers(self, scope: dict[str, Any], found: dict[str, str]) -> None:
         """The few request headers the pipeline reads (a repeated one counts once, the first),
@@ -199,6 +200,11 @@ class GatewayApp:
             if match is Match.FULL:
                 return route.endpoint, child["path_params"]
             if match is Match.PARTIAL:  # the path, but not the method
+                params = child["path_params"]
+                op = self.operations.lookup(params["endpoint"], params["operation"]) \
+                    if route.endpoint == self.invoke else None
+                if op is not None and not op.allows_get(params["operation"]):
+                    raise MethodNotAllowed(("POST",), f"${params['operation']} allows POST only")
                 raise MethodNotAllowed(tuple(sorted(route.methods or ())))
         raise NotFound("there is nothing at this path", issue_code="not-found")
 
@@ -213,7 +219,7 @@ class GatewayApp:
             raise NotFound(f"this operation is not provided at endpoint {endpoint!r}", issue_code="not-supported")
         request.op, request.operation = op, op.name
         headers = request.headers
-        via_get = request.scope["method"] == "GET"
+        via_get = request.scope["method"] in ("GET", "HEAD")  # HEAD: a GET without the answer's body
         if via_get and not op.allows_get(name):
             raise MethodNotAllowed(("POST",), f"${name} changes state: use POST")
         client: Client | None = None
@@ -252,9 +258,12 @@ class GatewayApp:
             call = self._bind(op, resource, client, budget)
             call.invoked_as, call.http_method = name, request.scope["method"]
             call.query = _query(request.scope)
-            # A small read on an embedded store takes less time than the hop to a worker thread.
+            # A small read on an embedded store takes less time than the hop to a worker thread;
+            # a small write there runs on the loop too and awaits its group's commit.
             if op.quick_read and not self._reads_block and len(body) <= INLINE_BODY:
                 answer = self.executor.run(op, call, fmt)
+            elif op.quick_write and self._inline_writes and len(body) <= INLINE_BODY:
+                answer = await self.executor.run_on_loop(op, call, fmt)
             else:
                 answer = await run_in_threadpool(self.executor.run, op, call, fmt)
         return answer.status, answer
@@ -316,10 +325,7 @@ class GatewayApp:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             if not declared.isdigit():
                 raise InvalidRequest("the Content-Length header is not a number")
-            raise PayloadTooLarge(f"the request body exceeds {limit} bytes"
-                                  + ("" if limit == self.limits.max_body_bytes else
-                                     " (the limit while the caller is not yet known; send the API key "
-                                     "in a header to send more)"))
+            raise self._too_large(limit)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.body_timeout_seconds
         chunks, size = [], 0
@@ -336,11 +342,18 @@ class GatewayApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+                raise self._too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self, limit: int) -> PayloadTooLarge:
+        """The refusal of a body over `limit`, declared or streamed."""
+        return PayloadTooLarge(f"the request body exceeds {limit} bytes"
+                               + ("" if limit == self.limits.max_body_bytes else
+                                  " (the limit while the caller is not yet known; send the API key "
+                                  "in a header to send more)"))
 
     def _stored_keys(self) -> list:
         with self.gateway.repository.read() as unit:
@@ -472,7 +485,7 @@ def _query(scope: dict[str, Any]) -> dict[str, list[str]]:
     if not raw:
         return {}
     found: dict[str, list[str]] = {}
-    for name, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
+    for name, value in _query_pairs(raw):
         if name != "apikey":
             found.setdefault(name, []).append(value)
     return found
@@ -483,10 +496,18 @@ def _query_parameters(scope: dict[str, Any]) -> dict[str, Any]:
     valueString (the binder reads integers and codes from strings); `_format` and the other
     control parameters are not the operation's, and keys do not travel in URLs (they end up in
     proxies' logs): an `apikey` there is ignored."""
-    query = scope["query_string"].decode("utf-8", "replace")
     return {"resourceType": "Parameters", "parameter": [
-        {"name": name, "valueString": value} for name, value in parse_qsl(query, keep_blank_values=True)
+        {"name": name, "valueString": value} for name, value in _query_pairs(scope["query_string"])
         if not name.startswith("_") and name != "apikey"]}
+
+
+def _query_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """(name, value) of a URL query; a query that is not UTF-8 (raw or percent-encoded) is a 400,
+    as a body would be, not a value quietly changed."""
+    try:
+        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise CodecError("the URL query is not valid UTF-8") from None
 
 
 def _pop_body_key(resource: dict) -> str | None:
@@ -532,7 +553,7 @@ def build_gateway(config: Config, *, repository: Repository | None = None,
         raise ConfigError("; ".join(problems))
     stores = StoreRegistry()
     plugins.hook.ttp_stores(stores=stores)
-    repository = repository or open_repository(config.storage_url, stores)
+    repository = repository or open_repository(config.storage_url, stores, group_commit=config.group_commit)
     repository.migrate()
     gateway = Gateway(config=config, repository=repository, plugins=plugins.manager, clock=clock or utc_now)
     plugins.call_in_order("ttp_setup", gateway=gateway)

@@ -20,8 +20,9 @@ from typing import Sequence
 from ttp_gateway.backends.base import StorageError
 
 from .auth import ScopeKinds, digest, new_secret
-from .config import CONFIG_PATH_ENV, ConfigError, load_config
+from .config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from .errors import FhirError
+from .gateway import Gateway
 from .observability import configure_logging
 from .plugins import load_plugins
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.run(args, None) or 0)
         config = load_config(config_path)
         if args.run in (serve, check_config):
-            return args.run(args, config)
+            return int(args.run(args, config))
         configure_logging("WARNING", "text")
         from .app import build_gateway
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def serve(args: argparse.Namespace, config) -> int:
+def serve(args: argparse.Namespace, config: Config) -> int:
     import tempfile
 
     import uvicorn
@@ -96,7 +97,7 @@ def serve(args: argparse.Namespace, config) -> int:
         from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         start_http_server(int(metrics["port"]), addr=server.host, registry=registry)
     # Workers are separate processes that read their configuration from the environment.
     if config.source != "defaults":
@@ -113,7 +114,7 @@ def serve(args: argparse.Namespace, config) -> int:
     return 0
 
 
-def check_config(args: argparse.Namespace, config) -> int:
+def check_config(args: argparse.Namespace, config: Config) -> int:
     from .app import load_gateway_plugins
 
     _, problems = load_gateway_plugins(config)
@@ -122,10 +123,12 @@ def check_config(args: argparse.Namespace, config) -> int:
     if problems:
         return 1
     print(f"configuration {config.source} is valid")
+    for line in config.limits.describe():
+        print(line)
     return 0
 
 
-def list_keys(args: argparse.Namespace, gateway) -> int:
+def list_keys(args: argparse.Namespace, gateway: Gateway) -> int:
     from .keystore import KEYS
 
     configured = gateway.config.data["auth"].get("api_keys", [])
@@ -140,7 +143,7 @@ def list_keys(args: argparse.Namespace, gateway) -> int:
     return 0
 
 
-def create_key(args: argparse.Namespace, gateway) -> int:
+def create_key(args: argparse.Namespace, gateway: Gateway) -> int:
     from .keystore import KEYS, StoredApiKey
 
     secret = new_secret()
@@ -174,7 +177,7 @@ def hash_password(args: argparse.Namespace, gateway: None) -> int:
     return 0
 
 
-def _parser(kinds: list[str]) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+def _parser(kinds: list[str]) -> tuple[argparse.ArgumentParser, "argparse._SubParsersAction[argparse.ArgumentParser]"]:
     parser = argparse.ArgumentParser(prog="ttp-gateway", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_PATH_ENV})")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")

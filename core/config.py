@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
         "workers": 1,
         "base_path": "/ttp-fhir/fhir",
     },
-    "storage": {"url": "sqlite:///ttp-gateway.db"},
+    # group_commit: concurrent write requests of a process share one transaction and one commit.
+    "storage": {"url": "sqlite:///ttp-gateway.db", "group_commit": True},
     "auth": {"require_api_key": True, "api_keys": []},
     # Every request is bounded; the defaults protect a small server (see `Limits`).
     "limits": {
@@ -72,7 +73,7 @@ class Limits:
     max_body_bytes                  request body size (413)
     max_unauthenticated_body_bytes  body size while the caller is not yet known, i.e. when the
                                     credentials can only be in the body (`apikey` parameter) (413)
-    body_timeout_seconds            time to send the whole body (408)
+    body_timeout_seconds            time to send the headers, and again to send the body (408)
     max_items                       values of one repeating parameter (originals, pseudonyms,
                                     Bloom filters, ...) and entries of a Bundle (413)
     max_created                     pseudonyms (or other things) one request may ask to create:
@@ -80,7 +81,7 @@ class Limits:
     max_answer_bytes                encoded answer size (413; nothing is written)
     max_depth                       nesting of a resource given as a parameter (400)
     max_header_bytes, max_headers   request header size and count (431)
-    max_connections                 open connections per worker (503 beyond)
+    max_connections                 open connections and requests in progress per worker (503)
     """
 
     max_body_bytes: int
@@ -93,6 +94,27 @@ class Limits:
     max_header_bytes: int
     max_headers: int
     max_connections: int
+
+    def describe(self) -> list[str]:
+        """One line per limit: its name, value, what it bounds and the status beyond it (for
+        `check-config`)."""
+        return [f"[limits] {name} = {getattr(self, name)}: {what}" for name, what in LIMIT_MEANINGS.items()]
+
+
+# What each limit bounds, and the answer beyond it.
+LIMIT_MEANINGS = {
+    "max_body_bytes": "request body size (413)",
+    "max_unauthenticated_body_bytes": "body size while the caller is unknown, i.e. the API key is only in "
+                                      "the body (413)",
+    "body_timeout_seconds": "time to send the request headers, and again the body (408)",
+    "max_items": "values of one repeating parameter and entries of a Bundle (413)",
+    "max_created": "pseudonyms one request may ask to create, the sum of its counts (413)",
+    "max_answer_bytes": "encoded answer size (413, nothing written)",
+    "max_depth": "nesting of a resource given as a parameter (400)",
+    "max_header_bytes": "request line and headers size (431)",
+    "max_headers": "number of request headers (431)",
+    "max_connections": "open connections and requests in progress per worker (503)",
+}
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,10 @@ class Config:
     @property
     def storage_url(self) -> str:
         return str(self.data["storage"]["url"])
+
+    @property
+    def group_commit(self) -> bool:
+        return bool(self.data["storage"].get("group_commit", True))
 
     def section(self, name: str) -> dict[str, Any]:
         """A plugin's own section (empty when absent)."""

@@ -13,13 +13,14 @@ without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from ttp_gateway.backends.base import Busy, Repository, StorageError, WriteUnit, backoff
+from ttp_gateway.backends.base import Busy, Repository, StorageError, WriteUnit, backoff, backoff_seconds
 
 from . import codec, fhir
 from .errors import FhirError, PayloadTooLarge
@@ -80,6 +81,37 @@ class Executor:
                 backoff(attempt)
             except BaseException:
                 work.rollback()
+                raise
+        raise AssertionError("unreachable")
+
+    async def run_on_loop(self, op: Operation, call: Call, fmt: codec.Format) -> Answer:
+        """`run` for a quick write on the event loop (`Repository.inline_writes`): the unit is
+        begun and committed by awaiting, the handler and encoding run in between."""
+        for attempt in range(ATTEMPTS):
+            unit = await self._repository.begin_async()
+            call.work = _JoinedWork(unit)
+            call.audits.clear()
+            try:
+                result = op.handler(call)
+                status, resource = _single_answer(result)
+                content = self._encoded(resource, fmt)
+            except BaseException:
+                unit.rollback()
+                raise
+            try:
+                if status < 400:
+                    await unit.commit_async()
+                    call.flush_audits()
+                else:
+                    unit.rollback()
+                return Answer(status, content, count_items(call))
+            except Busy:
+                unit.rollback()
+                if attempt == ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(backoff_seconds(attempt))
+            except BaseException:
+                unit.rollback()  # a unit ends either way, whatever its commit raised
                 raise
         raise AssertionError("unreachable")
 

@@ -7,9 +7,11 @@ the `ttp_gateway.audit` logger, which `[logging] audit_file` can route to a file
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -111,10 +113,16 @@ class Metrics:
 
     Label values come only from what the gateway declares: endpoint and operation names of the
     loaded plugins (anything else counts as "other") and status classes ("2xx", "4xx", "5xx"), so
-    no request can add series or text of its own to the exposition."""
+    no request can add series or text of its own to the exposition.
+
+    A request only adds to plain counters of its process; they are handed to prometheus_client
+    (whose multiprocess values check the process id and take a lock on every change) at most
+    every `FLUSH_SECONDS` (a timer flushes what an idle worker still holds) and before every
+    exposition."""
 
     BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
     OTHER = "other"
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, operations: dict[str, set[str]]) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -128,6 +136,12 @@ class Metrics:
                               ["endpoint", "operation"], registry=self.registry)
         self._latency = Histogram("ttp_request_seconds", "Time to answer a request.", ["endpoint", "operation"],
                                   buckets=self.BUCKETS, registry=self.registry)
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._item_counts: dict[tuple[str, str], int] = {}
+        self._times: dict[tuple[str, str], list[float]] = {}
+        self._flushed = time.monotonic()
+        self._flush_timer: threading.Timer | None = None
 
     def labels(self, endpoint: str, operation: str) -> tuple[str, str]:
         known = self._known.get(endpoint)
@@ -138,13 +152,44 @@ class Metrics:
     def observe(self, endpoint: str, operation: str, status: int, seconds: float, items: int = 0) -> None:
         endpoint, operation = self.labels(endpoint, operation)
         status_class = f"{status // 100}xx" if 100 <= status < 600 else self.OTHER
-        self._requests.labels(endpoint, operation, status_class).inc()
-        if items:
-            self._items.labels(endpoint, operation).inc(items)
-        self._latency.labels(endpoint, operation).observe(seconds)
+        key = (endpoint, operation)
+        with self._lock:
+            counted = (endpoint, operation, status_class)
+            self._counts[counted] = self._counts.get(counted, 0) + 1
+            if items:
+                self._item_counts[key] = self._item_counts.get(key, 0) + items
+            times = self._times.get(key)
+            if times is None:
+                times = self._times[key] = []
+            times.append(seconds)
+            due = self._flush_timer is None
+            if due:  # an idle worker's last requests must reach the other workers' expositions too
+                self._flush_timer = threading.Timer(self.FLUSH_SECONDS, self.flush)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+        if time.monotonic() - self._flushed >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what this process counted since the last flush to prometheus_client."""
+        with self._lock:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            counts, self._counts = self._counts, {}
+            item_counts, self._item_counts = self._item_counts, {}
+            times, self._times = self._times, {}
+            self._flushed = time.monotonic()
+        for labels, count in counts.items():
+            self._requests.labels(*labels).inc(count)
+        for labels, count in item_counts.items():
+            self._items.labels(*labels).inc(count)
+        for labels, seconds in times.items():
+            _observe_all(self._latency.labels(*labels), seconds, self.BUCKETS)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition (of every worker when in multiprocess mode) and its media type."""
+        self.flush()
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -152,3 +197,21 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _observe_all(histogram: Any, values: list[float], bounds: tuple[float, ...]) -> None:
+    """`histogram.observe(v)` for every value, one change per bucket: prometheus_client has no
+    bulk call, and a change costs a lock and a process check in multiprocess mode."""
+    buckets, total = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
+    if buckets is None or total is None or len(buckets) != len(bounds) + 1:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(buckets)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, count in zip(buckets, counts):
+        if count:
+            bucket.inc(count)
+    total.inc(sum(values))
+

@@ -10,11 +10,13 @@ valueCode, valueId or valueUri (and the other string-like types); an integer as 
 valuePositiveInt, valueUnsignedInt or a digit string. Unknown parameters are ignored.
 
 It is also strict where FHIR is: every value must be valid for the type it is sent as (an id as
-FHIR's id, an integer in its range, base64 as base64), every parameter needs a name, and a
-resource given as a parameter may nest only so deep. Violations are 400 and name the parameter,
-never its value. (Characters that no FHIR string may hold are refused when the body is decoded,
-`codec.decode`.) A `Budget` bounds what one request may ask for: values of a repeating parameter,
-things to create (the sum of the values of `creates` parameters), nesting; beyond it, 413.
+FHIR's id, an integer in its range) and a string declared as an id, code, oid or uuid for that
+type too, whatever value[x] carries it; every parameter needs a name, as a string; a resource
+given as a parameter may nest only so deep. (Base64 content is the operation's to check: it may
+answer per item.) Violations are 400 and name the parameter, never its value. (Characters that
+no FHIR string may hold are refused when the body is decoded, `codec.decode`.) A `Budget`
+bounds what one request may ask for: values of a repeating parameter, things to create (the sum
+of the values of `creates` parameters), nesting; beyond it, 413.
 """
 
 from __future__ import annotations
@@ -151,6 +153,9 @@ class Operation:
     # A read that never writes nor waits for a lock: small requests of it may run on the event
     # loop itself when the store's reads never block (SQLite), sparing the hop to a thread.
     quick_read: bool = False
+    # A small write that does little besides its statements (no searching, no waiting): on an
+    # embedded store with group commit it runs on the event loop and awaits its group's commit.
+    quick_write: bool = False
     legacy_get: tuple[str, ...] = ()
 
     def allows_get(self, invoked_as: str) -> bool:
@@ -285,6 +290,10 @@ def _reader_for(param: Param) -> Reader:
 
 
 def _value_reader(fhir_type: str) -> Reader:
+    declared = _VALUE_PATTERNS.get("value" + fhir_type[0].upper() + fhir_type[1:])
+    if fhir_type in _STRING_TYPES and declared is not None:
+        # An id (or code, oid, uuid) keeps its type's rule when it arrives as valueString.
+        return _checked_string(declared, fhir_type)
     if fhir_type in _STRING_TYPES:
         return _read_string
     if fhir_type in ("integer", "positiveInt", "unsignedInt"):
@@ -327,6 +336,16 @@ def _read_string(item: dict, where: str, budget: Budget) -> str:
     return value
 
 
+def _checked_string(pattern: re.Pattern[str], fhir_type: str) -> Reader:
+    def read(item: dict, where: str, budget: Budget) -> str:
+        value = _read_string(item, where, budget)
+        if not pattern.fullmatch(value):
+            raise InvalidRequest(f"parameter '{where}' is not a valid {fhir_type}")
+        return value
+
+    return read
+
+
 def _read_integer(item: dict, where: str, budget: Budget) -> int:
     for key, (lowest, highest) in _INTEGER_RANGES.items():
         value = item.get(key)
@@ -360,6 +379,9 @@ def _typed_reader(keys: tuple[str, ...], python_type: type, what: str,
                     break
                 if pattern is not None and not pattern.fullmatch(value):
                     raise InvalidRequest(f"parameter '{where}' is not {what}")
+                sent_as = _VALUE_PATTERNS.get(key)  # e.g. a filter sent as valueId must be an id
+                if sent_as is not None and not sent_as.fullmatch(value):
+                    raise InvalidRequest(f"parameter '{where}' is not a valid {key[5:]}")
                 return value
         raise InvalidRequest(f"parameter '{where}' needs {what} value")
 

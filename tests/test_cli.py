@@ -27,6 +27,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_check_config(capsys, tmp_path) -> None:
     code, out, _ = run(capsys, "check-config", "--config", str(DEMO_CONFIG))
     assert code == 0 and "is valid" in out
+    assert "[limits] max_body_bytes = 33554432: request body size (413)" in out  # the limits in force
     bad = tmp_path / "bad.toml"
     bad.write_text('[[gpas.domains]]\nname = "X"\nalphabet = "AAB"\n')
     code, out, _ = run(capsys, "--config", str(bad), "check-config")

@@ -139,7 +139,7 @@ class _MongoUnit(WriteUnit):
             session = MongoSession(self._repository.database, self._session, self,
                                    self._repository.state_of(key))
             store = self._stores[key.name] = definition.open(session)
-        return store  # type: ignore[no-any-return]
+        return store
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         if not self.write:
@@ -216,8 +216,8 @@ class MongoRepository(Repository):
             elif scheme in ("mongodb", "mongodb+srv"):
                 # Keyword options override the URL's: the default timeout only where it names none.
                 given = {option.lower() for option in parse_qs(urlsplit(url).query)}
-                timeout = ({} if "serverselectiontimeoutms" in given
-                           else {"serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS})
+                timeout: dict[str, Any] = ({} if "serverselectiontimeoutms" in given
+                                           else {"serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS})
                 self._client = pymongo.MongoClient(url, tz_aware=True, uuidRepresentation="standard", **timeout)
                 name = urlsplit(url).path.strip("/") or DEFAULT_DATABASE
             else:

@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import ReleaseSavepointClause, RollbackToSavepointC
 
 from ..base import (Busy, Conflict, NotFound, Repository, StorageError, StoreDefinition, StoreKey,
                     Unavailable, UnitOfWork, WriteUnit)
+from .grouping import GroupCommitter
 from .statements import Compiled
 
 T = TypeVar("T")
@@ -72,7 +73,7 @@ class SqlSession:
 
     __slots__ = ("dialect", "write", "_connection", "_unit", "_state")
 
-    def __init__(self, dialect: Dialect, connection: Any, unit: "_SqlUnit", state: dict[str, Any]) -> None:
+    def __init__(self, dialect: Dialect, connection: Any, unit: UnitOfWork, state: dict[str, Any]) -> None:
         self.dialect = dialect
         self.write = unit.write
         self._connection = connection
@@ -130,11 +131,15 @@ class _SqlUnit(WriteUnit):
         if store is None:
             if self._ended:
                 raise StorageError(f"the unit of work has ended; store {key.name!r} cannot be opened")
-            definition = self._repository.store_of(key)
-            session = SqlSession(self._repository.dialect, self._connection, self,
-                                 self._repository.state_of(key))
-            store = self._stores[key.name] = definition.open(session)
-        return store  # type: ignore[no-any-return]
+            store = self._stores[key.name] = self.open_store(key, self)
+        return store
+
+    def open_store(self, key: StoreKey[T], owner: WriteUnit) -> T:
+        """The store of `key` on this unit's connection, its `after_commit` going to `owner`
+        (this unit, or a member of a group that shares it)."""
+        definition = self._repository.store_of(key)
+        session = SqlSession(self._repository.dialect, self._connection, owner, self._repository.state_of(key))
+        return definition.open(session)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         if not self.write:
@@ -191,7 +196,7 @@ class _SqlUnit(WriteUnit):
 
 
 class SqlRepository(Repository):
-    def __init__(self, url: str, stores: Iterable[StoreDefinition[Any]]) -> None:
+    def __init__(self, url: str, stores: Iterable[StoreDefinition[Any]], group_commit: bool = True) -> None:
         self.url = url
         self._stores: dict[str, SqlStore[Any]] = {}
         for definition in stores:
@@ -214,6 +219,13 @@ class SqlRepository(Repository):
         self._opened_lock = threading.Lock()
         self._writer: Any = None
         self._writer_lock = threading.Lock()
+        self._committer: GroupCommitter | None = None
+        # A small write on the embedded store may run on the event loop, its commit on a thread.
+        self.inline_writes = bool(group_commit and self.sqlite)
+        if group_commit:
+            database = self.engine.url.database if self.sqlite else None
+            lock_file = f"{database}-writers.lock" if database and database != ":memory:" else None
+            self._committer = GroupCommitter(self, self._begin_alone, lock_file)
 
     # --- stores ------------------------------------------------------------------------------
     def store_of(self, key: StoreKey[T]) -> SqlStore[T]:
@@ -230,8 +242,9 @@ class SqlRepository(Repository):
         if found is None:
             found = self._savepoint_sql[name] = tuple(  # type: ignore[assignment]
                 clause.compile(dialect=self.dialect).string
-                for clause in (SavepointClause(name), RollbackToSavepointClause(name),
-                               ReleaseSavepointClause(name)))
+                for clause in (SavepointClause(name),  # type: ignore[no-untyped-call]
+                               RollbackToSavepointClause(name),  # type: ignore[no-untyped-call]
+                               ReleaseSavepointClause(name)))  # type: ignore[no-untyped-call]
         return found  # type: ignore[return-value]
 
     # --- schema ------------------------------------------------------------------------------
@@ -283,6 +296,16 @@ class SqlRepository(Repository):
             connection.close()
 
     def begin(self) -> WriteUnit:
+        if self._committer is not None:
+            return self._committer.begin()
+        return self._begin_alone()
+
+    async def begin_async(self) -> WriteUnit:
+        assert self._committer is not None
+        return await self._committer.begin_async()
+
+    def _begin_alone(self) -> "_SqlUnit":
+        """A transaction of its own: for one unit, or for a group of them."""
         if self.sqlite:
             self._writer_lock.acquire()
             try:
@@ -335,11 +358,12 @@ class SqlRepository(Repository):
     def checkpoint(self) -> None:
         if not self.sqlite:
             return
-        with self._writer_lock:
-            try:
-                _execute_control(self._writer_connection(), _CHECKPOINT)
-            except StorageError as error:  # the data are deleted; the log is folded in later
-                log.warning("write-ahead log checkpoint failed", extra={"error": type(error).__name__})
+        with self._committer.exclusive() if self._committer is not None else nullcontext():
+            with self._writer_lock:
+                try:
+                    _execute_control(self._writer_connection(), _CHECKPOINT)
+                except StorageError as error:  # the data are deleted; the log is folded in later
+                    log.warning("write-ahead log checkpoint failed", extra={"error": type(error).__name__})
 
     def ping(self) -> None:
         try:
@@ -349,6 +373,8 @@ class SqlRepository(Repository):
             raise Unavailable(f"storage unavailable ({type(error).__name__})") from None
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
         with self._opened_lock:
             for connection in self._opened:
                 try:
@@ -438,5 +464,5 @@ def _take_over_sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql(_BEGIN_WRITE if migrating else "BEGIN")
 
 
-def open_sql(url: str, stores: Sequence[StoreDefinition[Any]]) -> SqlRepository:
-    return SqlRepository(url, stores)
+def open_sql(url: str, stores: Sequence[StoreDefinition[Any]], group_commit: bool = True) -> SqlRepository:
+    return SqlRepository(url, stores, group_commit)

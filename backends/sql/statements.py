@@ -39,7 +39,7 @@ class Compiled:
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, lists: set[str],
                  rows: dict[str, _RowsBatch]) -> None:
-        compiled = statement.compile(dialect=dialect)
+        compiled: Any = statement.compile(dialect=dialect)  # an SQLCompiler: positiontup, binds
         self.sql: str = compiled.string
         self._positional = compiled.positiontup is not None
         self._names: tuple[str, ...] = tuple(compiled.positiontup or compiled.binds)
@@ -115,7 +115,7 @@ def rows_of(items: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     return [tuple(item) for item in items]
 
 
-_prepared: dict[tuple[Any, str], Any] = {}
+_prepared: dict[tuple[Any, str], Any] = {}  # values: what each factory made
 
 
 def prepared(factory: Callable[[SqlBuilder], T], dialect: Dialect) -> T:
@@ -124,4 +124,4 @@ def prepared(factory: Callable[[SqlBuilder], T], dialect: Dialect) -> T:
     found = _prepared.get(key)
     if found is None:
         found = _prepared[key] = factory(SqlBuilder(dialect))
-    return found  # type: ignore[no-any-return]
+    return found

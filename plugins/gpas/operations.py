@@ -237,7 +237,7 @@ class GpasOperations:
                                  "originals get an error part.",
                      parameters=(_target("domain to look in"), originals), returns=(found, error)),
             self._op("pseudonymizeAllowCreate", self.pseudonymize_allow_create,
-                     aliases=(LEGACY_ALLOW_CREATE,), legacy_get=(LEGACY_ALLOW_CREATE,),
+                     aliases=(LEGACY_ALLOW_CREATE,), legacy_get=(LEGACY_ALLOW_CREATE,), quick_write=True,
                      description="The pseudonyms of 1..n originals in one domain, created where "
                                  "missing; idempotent.",
                      parameters=(_target("domain to look in and create in", aliases=("domain",)),
