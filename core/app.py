@@ -39,7 +39,7 @@ from ttp_gateway.backends import open_repository
 from ttp_gateway.backends.base import Repository, StorageError, StoreRegistry
 
 from . import capability, codec, fhir
-from .auth import Authenticator, Client, ScopeKinds, api_key_from_settings
+from .auth import ApiKey, Authenticator, Client, ScopeKinds, api_key_from_settings
 from .config import Config, ConfigError, Limits, load_config
 from .errors import CodecError, FhirError, InvalidRequest, NotAuthenticated, NotFound, PayloadTooLarge
 from .execution import Answer, Executor, internal_error, outcome_of, storage_failure
@@ -105,8 +105,8 @@ class GatewayApp:
         self.auth = Authenticator.from_settings(gateway.config.data["auth"], self._stored_keys)
         self.keys = self.auth.keys
         self._challenge = (self.auth.challenge() or "").encode()
-        self._definitions: dict[str, dict[str, dict]] = {}
-        self._capabilities: dict[str, dict] = {}
+        self._definitions: dict[str, dict[str, dict[str, Any]]] = {}
+        self._capabilities: dict[str, dict[str, Any]] = {}
         published = utc_now().strftime("%Y-%m-%d")
         for endpoint in sorted({*operations.by_endpoint, *(e for e, _ in self.searches)}):
             ops = operations.by_endpoint.get(endpoint, {})
@@ -279,7 +279,8 @@ class GatewayApp:
             raise NotAuthenticated(f"this caller may not call ${op.name} at {op.endpoint!r}")
         return client.for_call(op.endpoint, op.name)
 
-    def _bind_batch(self, op: Operation, bundle: dict, client: Client, budget: Budget) -> list[Call | FhirError]:
+    def _bind_batch(self, op: Operation, bundle: dict[str, Any], client: Client,
+                    budget: Budget) -> list[Call | FhirError]:
         """The calls of a `batch` (or `transaction`) Bundle of Parameters, each entry one call;
         entries that cannot be bound are answered alone (in a transaction, they fail it)."""
         kinds = [kind for kind, accepted in (("batch", op.batch), ("transaction", op.transaction)) if accepted]
@@ -312,7 +313,7 @@ class GatewayApp:
                 calls.append(error)
         return calls
 
-    def _bind(self, op: Operation, resource: dict, client: Client, budget: Budget) -> Call:
+    def _bind(self, op: Operation, resource: dict[str, Any], client: Client, budget: Budget) -> Call:
         if resource.get("resourceType") != "Parameters":
             raise InvalidRequest(f"${op.name} expects a Parameters resource")
         args = bind(op.parameters, resource.get("parameter", []), budget=budget)
@@ -355,7 +356,7 @@ class GatewayApp:
                                   " (the limit while the caller is not yet known; send the API key "
                                   "in a header to send more)"))
 
-    def _stored_keys(self) -> list:
+    def _stored_keys(self) -> list[ApiKey]:
         with self.gateway.repository.read() as unit:
             return [api_key_from_settings(k.as_settings()) for k in unit[KEYS].get_api_keys()]
 
@@ -510,7 +511,7 @@ def _query_pairs(raw: bytes) -> list[tuple[str, str]]:
         raise CodecError("the URL query is not valid UTF-8") from None
 
 
-def _pop_body_key(resource: dict) -> str | None:
+def _pop_body_key(resource: dict[str, Any]) -> str | None:
     parameters = resource.get("parameter")
     if not isinstance(parameters, list):
         return None
@@ -528,7 +529,7 @@ def _pop_body_key(resource: dict) -> str | None:
 
 # --- building a gateway ---------------------------------------------------------------------------
 
-def load_gateway_plugins(config: Config, extra_plugins: tuple = ()) -> tuple[Plugins, list[str]]:
+def load_gateway_plugins(config: Config, extra_plugins: tuple[object, ...] = ()) -> tuple[Plugins, list[str]]:
     """The plugins of a configuration and the problems of the configuration (empty if none)."""
     plugins = load_plugins(config.data["plugins"].get("disabled", []), extra_plugins)
     return plugins, config_problems(config, plugins)
@@ -543,7 +544,7 @@ def config_problems(config: Config, plugins: Plugins) -> list[str]:
 
 
 def build_gateway(config: Config, *, repository: Repository | None = None,
-                  clock: Callable[[], Any] | None = None, extra_plugins: tuple = (),
+                  clock: Callable[[], Any] | None = None, extra_plugins: tuple[object, ...] = (),
                   start: bool = True) -> tuple[Gateway, OperationTable]:
     """Load plugins, check their configuration, open and migrate storage, set the plugins up in
     dependency order and collect their operations; with `start`, run their start-up (seeding,
@@ -565,7 +566,7 @@ def build_gateway(config: Config, *, repository: Repository | None = None,
 
 
 def create_app(config: Config | None = None, *, repository: Repository | None = None,
-               clock: Callable[[], Any] | None = None, extra_plugins: tuple = ()) -> GatewayApp:
+               clock: Callable[[], Any] | None = None, extra_plugins: tuple[object, ...] = ()) -> GatewayApp:
     """The ASGI app of a gateway. Every worker process calls this once."""
     gateway, operations = build_gateway(config or load_config(), repository=repository, clock=clock,
                                         extra_plugins=extra_plugins)

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationdefinition import OperationDefinition
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from . import __version__
 from .operations import Operation, Param, Search
@@ -30,8 +31,8 @@ _MANDATORY: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def operation_definition(op: Operation, base_url: str) -> dict:
-    definition = {
+def operation_definition(op: Operation, base_url: str) -> dict[str, Any]:
+    definition: dict[str, Any] = {
         "resourceType": "OperationDefinition",
         "id": op.definition_id,
         "url": op.url or f"{base_url}/OperationDefinition/{op.definition_id}",
@@ -55,15 +56,15 @@ def operation_definition(op: Operation, base_url: str) -> dict:
 
 
 def capability_statement(endpoint: str, operations: Iterable[Operation], base_url: str,
-                         published: str, searches: Iterable[Search] = ()) -> dict:
+                         published: str, searches: Iterable[Search] = ()) -> dict[str, Any]:
     operations = sorted(operations, key=lambda op: op.name)
-    resources: list[dict] = [{"type": "OperationDefinition", "interaction": [{"code": "read"}]}]
+    resources: list[dict[str, Any]] = [{"type": "OperationDefinition", "interaction": [{"code": "read"}]}]
     for search in sorted(searches, key=lambda s: s.resource_type):
-        resource: dict = {"type": search.resource_type, "interaction": [{"code": "search-type"}]}
+        resource: dict[str, Any] = {"type": search.resource_type, "interaction": [{"code": "search-type"}]}
         if search.parameters:
             resource["searchParam"] = [{"name": name, "type": "string"} for name in search.parameters]
         resources.append(resource)
-    statement = {
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": published,
@@ -86,7 +87,7 @@ def capability_statement(endpoint: str, operations: Iterable[Operation], base_ur
     return _checked(CapabilityStatement, statement)
 
 
-def elements_subset(resource: dict, elements: Iterable[str]) -> dict:
+def elements_subset(resource: dict[str, Any], elements: Iterable[str]) -> dict[str, Any]:
     """The resource reduced to the given element paths (`rest.operation`, `fhirVersion`, with or
     without the resource type in front), its mandatory elements, `id` and `meta`; `meta.tag`
     says SUBSETTED."""
@@ -126,8 +127,8 @@ def _keep(node: Any, paths: list[list[str]], mandatory: dict[str, tuple[str, ...
     return kept
 
 
-def _parameter(param: Param, use: str) -> dict:
-    described: dict = {
+def _parameter(param: Param, use: str) -> dict[str, Any]:
+    described: dict[str, Any] = {
         "name": param.name,
         "use": use,
         "min": param.min,
@@ -142,6 +143,6 @@ def _parameter(param: Param, use: str) -> dict:
     return described
 
 
-def _checked(model: type, resource: dict) -> dict:
+def _checked(model: type[FHIRAbstractModel], resource: dict[str, Any]) -> dict[str, Any]:
     model.model_validate(resource)
     return resource

@@ -96,7 +96,7 @@ def response_media_type(format_parameter: str | None, accept: str | None,
     return "json", DEFAULT_MEDIA_TYPE["json"]
 
 
-def decode(body: bytes, fmt: Format) -> dict:
+def decode(body: bytes, fmt: Format) -> dict[str, Any]:
     """A resource from a request body, as its FHIR JSON dict."""
     if not body.strip():
         raise CodecError("the request body is empty")
@@ -159,7 +159,7 @@ def _where(path: str, named: str) -> str:
     return f"parameter '{named}'" if named else (path.lstrip(".") or "the resource")
 
 
-def encode(resource: dict, fmt: Format) -> bytes:
+def encode(resource: dict[str, Any], fmt: Format) -> bytes:
     if fmt == "xml":
         return xmlcodec.to_xml(resource)
     return orjson.dumps(resource)

@@ -167,7 +167,7 @@ class Config:
         return Config(data, self.source)
 
 
-def load_config(path: str | os.PathLike | None = None,
+def load_config(path: str | os.PathLike[str] | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
     data = copy.deepcopy(DEFAULTS)
@@ -218,7 +218,7 @@ def check_core_settings(config: Config) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _merge(target: dict, source: Mapping) -> None:
+def _merge(target: dict[str, Any], source: Mapping[str, Any]) -> None:
     for key, value in source.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
             _merge(target[key], value)
@@ -226,7 +226,7 @@ def _merge(target: dict, source: Mapping) -> None:
             target[key] = value
 
 
-def _apply_environment(data: dict, environ: Mapping[str, str]) -> None:
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, raw in sorted(environ.items()):
         if not name.upper().startswith(ENV_PREFIX):
             continue

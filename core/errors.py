@@ -6,6 +6,8 @@ and studies, never the values a client sent as originals, IDAT or Bloom filters.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FhirError(Exception):
     """A request that fails as a whole; answered with an OperationOutcome."""
@@ -14,7 +16,7 @@ class FhirError(Exception):
     issue_code: str = "invalid"
 
     def __init__(self, diagnostics: str, *, status: int | None = None, issue_code: str | None = None,
-                 details: dict | None = None) -> None:
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         if status is not None:

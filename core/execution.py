@@ -165,9 +165,9 @@ class Executor:
                           unit: WriteUnit | None) -> list[dict[str, Any]]:
         """All entries through the operation's batch handler, in one call."""
         bound = [call for call in calls if isinstance(call, Call)]
-        for call in bound:
-            call.work = _JoinedWork(unit) if unit is not None else RequestWork(self._repository)
-            call.audits.clear()
+        for bound_call in bound:
+            bound_call.work = _JoinedWork(unit) if unit is not None else RequestWork(self._repository)
+            bound_call.audits.clear()
         assert op.batch_handler is not None
         results = iter(op.batch_handler(bound)) if bound else iter(())
         answers = []
@@ -232,7 +232,7 @@ class Executor:
 
 
 class _EntryFailed(Exception):
-    def __init__(self, status: int, resource: dict | None, outcome: dict | None) -> None:
+    def __init__(self, status: int, resource: dict[str, Any] | None, outcome: dict[str, Any] | None) -> None:
         super().__init__(status)
         self.status, self.resource, self.outcome = status, resource, outcome
 
@@ -245,13 +245,13 @@ def _single_answer(result: Any) -> tuple[int, dict[str, Any]]:
     return 200, result
 
 
-def _entry_answer(result: Any) -> tuple[int, dict | None, dict | None]:
+def _entry_answer(result: Any) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
     if isinstance(result, Result):
         return result.status, result.resource, result.outcome
     return 200, result, None
 
 
-def _entry(status: int, resource: dict | None, outcome: dict | None) -> dict[str, Any]:
+def _entry(status: int, resource: dict[str, Any] | None, outcome: dict[str, Any] | None) -> dict[str, Any]:
     if outcome is None:
         outcome = fhir.informational("Operation completed successfully.") if status < 400 else \
             fhir.operation_outcome("error", "processing", "the entry failed")
@@ -266,7 +266,8 @@ def _error_entry(status: int, outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _succeeded(entry: dict[str, Any]) -> bool:
-    return entry["response"]["status"].startswith("2")
+    status: str = entry["response"]["status"]
+    return status.startswith("2")
 
 
 def outcome_of(error: FhirError) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def parameters(params: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def operation_outcome(severity: str, code: str, diagnostics: str,
-                      details: dict | None = None) -> dict[str, Any]:
+                      details: dict[str, Any] | None = None) -> dict[str, Any]:
     issue: dict[str, Any] = {"severity": severity, "code": code}
     if details is not None:
         issue["details"] = details
@@ -66,7 +66,7 @@ def operation_outcome(severity: str, code: str, diagnostics: str,
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-def informational(diagnostics: str, coding: dict | None = None) -> dict[str, Any]:
+def informational(diagnostics: str, coding: dict[str, Any] | None = None) -> dict[str, Any]:
     """A successful OperationOutcome, e.g. MSG_UPDATED for `$updateBf`."""
     details = {"coding": [coding]} if coding else None
     return operation_outcome("information", "informational", diagnostics, details)

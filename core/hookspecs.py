@@ -23,6 +23,9 @@ stores data contributes a `ttp_gateway.backends.base.StoreDefinition` and reads 
 through `call.reading()` / `call.writing()`. Set TTP_GATEWAY_TRACE_HOOKS=1 to log every hook call.
 """
 
+# Hook specifications have no bodies: pluggy calls the plugins' implementations instead.
+# mypy: disable-error-code="empty-body"
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -104,7 +107,7 @@ def ttp_check_config(config: "Config") -> list[str]:
 
 
 @hookspec
-def ttp_cli_commands(subparsers: "argparse._SubParsersAction") -> None:
+def ttp_cli_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """When the command line is built: add admin sub-commands.
 
     Give each parser `set_defaults(run=function)`; the CLI calls `function(args, gateway)` with a

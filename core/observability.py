@@ -127,7 +127,8 @@ class Metrics:
     def __init__(self, operations: dict[str, set[str]]) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
-        disable_created_metrics()  # `*_created` series carry nothing an operator needs
+        # `*_created` series carry nothing an operator needs
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self._known = {endpoint: frozenset(names) for endpoint, names in operations.items()}
         self.registry = CollectorRegistry(auto_describe=True)
         self._requests = Counter("ttp_requests", "Requests by endpoint, operation and status class.",
@@ -182,10 +183,10 @@ class Metrics:
             self._flushed = time.monotonic()
         for labels, count in counts.items():
             self._requests.labels(*labels).inc(count)
-        for labels, count in item_counts.items():
-            self._items.labels(*labels).inc(count)
-        for labels, seconds in times.items():
-            _observe_all(self._latency.labels(*labels), seconds, self.BUCKETS)
+        for pair, count in item_counts.items():
+            self._items.labels(*pair).inc(count)
+        for pair, seconds in times.items():
+            _observe_all(self._latency.labels(*pair), seconds, self.BUCKETS)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition (of every worker when in multiprocess mode) and its media type."""
@@ -194,7 +195,7 @@ class Metrics:
 
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Final, Iterator, Literal, Mapping
 
 from .errors import InvalidRequest, PayloadTooLarge
 
-UNBOUNDED = "*"
+UNBOUNDED: Final = "*"
 
 _STRING_KEYS = ("valueString", "valueCode", "valueId", "valueUri", "valueUrl", "valueCanonical",
                 "valueOid", "valueUuid", "valueMarkdown")
@@ -93,13 +93,13 @@ class Param:
     name: str
     type: str | None = "string"
     min: int = 0
-    max: int | str = 1
+    max: int | Literal["*"] = 1
     doc: str = ""
     parts: tuple["Param", ...] = ()
     scope: str | None = None
     creates: bool = False
     aliases: tuple[str, ...] = ()
-    reader: Callable[[dict, str, Budget], Any] = field(init=False, repr=False, compare=False)
+    reader: Callable[[dict[str, Any], str, Budget], Any] = field(init=False, repr=False, compare=False)
     scoped: bool = field(init=False, repr=False, compare=False)  # a scope here or in a part
 
     def __post_init__(self) -> None:
@@ -196,12 +196,12 @@ class Result:
     """A handler's answer with a status other than 200, or, inside a batch, with an outcome of
     its own for the entry's `response.outcome`."""
 
-    resource: dict
+    resource: dict[str, Any]
     status: int = 200
-    outcome: dict | None = None
+    outcome: dict[str, Any] | None = None
 
 
-class Args(dict):
+class Args(dict[str, Any]):
     """Bound parameters: a single value (or None) for 0..1/1..1, a list for repeating ones,
     and an `Args` per instance of a parameter made of parts."""
 
@@ -217,7 +217,7 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "", budget: Budg
         entry = _declared[id(parameters)] = (
             parameters, {name: p for p in parameters for name in (p.name, *p.aliases)})
     declared = entry[1]
-    collected: dict[str, list] = {param.name: [] for param in parameters}
+    collected: dict[str, list[Any]] = {param.name: [] for param in parameters}
     for item in given:
         if item.__class__ is not dict:
             raise InvalidRequest(f"every entry of '{path or 'parameter'}' must be an object")
@@ -235,7 +235,7 @@ def bind(parameters: tuple[Param, ...], given: Any, path: str = "", budget: Budg
                                  + (f" at least {param.min} times" if param.min > 1 else ""))
         if not param.repeats and len(values) > 1:
             raise InvalidRequest(f"parameter '{path}{param.name}' must not be repeated")
-        if param.max != UNBOUNDED and len(values) > param.max:  # type: ignore[operator]
+        if param.max != UNBOUNDED and len(values) > param.max:
             raise InvalidRequest(f"parameter '{path}{param.name}' may occur at most {param.max} times")
         if param.repeats:
             budget.items(len(values), path + param.name)
@@ -256,7 +256,7 @@ def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Ite
     for param in parameters:
         if not param.scoped:
             continue
-        value = args.get(param.name)
+        value: Any = args.get(param.name)
         for instance in (value if param.repeats else (value,)):
             if instance is None:
                 continue
@@ -268,7 +268,7 @@ def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Ite
 
 # --- readers: one per declared parameter, built once -------------------------------------------
 
-Reader = Callable[[dict, str, Budget], Any]
+Reader = Callable[[dict[str, Any], str, Budget], Any]
 
 
 def _reader_for(param: Param) -> Reader:
@@ -278,7 +278,7 @@ def _reader_for(param: Param) -> Reader:
         return value_reader
     parts = param.parts
 
-    def read_parts(item: dict, where: str, budget: Budget) -> Any:
+    def read_parts(item: dict[str, Any], where: str, budget: Budget) -> Any:
         given = item.get("part")
         if given is None:
             if value_reader is not None:
@@ -319,7 +319,7 @@ _COMPLEX_DATATYPES = {"Identifier", "Coding", "CodeableConcept", "Reference", "P
                       "HumanName", "Quantity", "Attachment", "ContactPoint", "Meta"}
 
 
-def _read_string(item: dict, where: str, budget: Budget) -> str:
+def _read_string(item: dict[str, Any], where: str, budget: Budget) -> str:
     value = item.get("valueString")
     if value is None:
         for key in _STRING_KEYS:
@@ -337,7 +337,7 @@ def _read_string(item: dict, where: str, budget: Budget) -> str:
 
 
 def _checked_string(pattern: re.Pattern[str], fhir_type: str) -> Reader:
-    def read(item: dict, where: str, budget: Budget) -> str:
+    def read(item: dict[str, Any], where: str, budget: Budget) -> str:
         value = _read_string(item, where, budget)
         if not pattern.fullmatch(value):
             raise InvalidRequest(f"parameter '{where}' is not a valid {fhir_type}")
@@ -346,7 +346,7 @@ def _checked_string(pattern: re.Pattern[str], fhir_type: str) -> Reader:
     return read
 
 
-def _read_integer(item: dict, where: str, budget: Budget) -> int:
+def _read_integer(item: dict[str, Any], where: str, budget: Budget) -> int:
     for key, (lowest, highest) in _INTEGER_RANGES.items():
         value = item.get(key)
         if value is not None:
@@ -369,9 +369,9 @@ def _read_integer(item: dict, where: str, budget: Budget) -> int:
     raise InvalidRequest(f"parameter '{where}' needs an integer value")
 
 
-def _typed_reader(keys: tuple[str, ...], python_type: type, what: str,
+def _typed_reader(keys: tuple[str, ...], python_type: type[Any], what: str,
                   pattern: re.Pattern[str] | None = None) -> Reader:
-    def read(item: dict, where: str, budget: Budget) -> Any:
+    def read(item: dict[str, Any], where: str, budget: Budget) -> Any:
         for key in keys:
             value = item.get(key)
             if value is not None:
@@ -389,7 +389,7 @@ def _typed_reader(keys: tuple[str, ...], python_type: type, what: str,
 
 
 def _resource_reader(resource_type: str) -> Reader:
-    def read(item: dict, where: str, budget: Budget) -> dict:
+    def read(item: dict[str, Any], where: str, budget: Budget) -> dict[str, Any]:
         resource = item.get("resource")
         if not isinstance(resource, dict) or (
                 resource_type != "Resource" and resource.get("resourceType") != resource_type):

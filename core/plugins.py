@@ -67,7 +67,8 @@ def load_plugins(disabled: Iterable[str] = (), extra: Iterable[object] = ()) -> 
     loaded = [pm.get_name(plugin) or "" for plugin in pm.get_plugins()]
     requires: dict[str, list[str]] = {name: [] for name in loaded}
     for impl in pm.hook.ttp_requires.get_hookimpls():
-        needed = impl.function() or []
+        given: Any = impl.function()
+        needed: list[str] = [str(name) for name in given or []]
         for other in needed:
             if other not in requires:
                 why = "disabled in [plugins]" if other in disabled else "not installed"
@@ -108,8 +109,8 @@ class OperationTable:
     @classmethod
     def collect(cls, contributions: Iterable[Iterable[Operation]]) -> "OperationTable":
         by_endpoint: dict[str, dict[str, Operation]] = {}
-        for operations in contributions:
-            for op in operations or ():
+        for contributed in contributions:
+            for op in contributed or ():
                 known = by_endpoint.setdefault(op.endpoint, {})
                 existing = known.get(op.name)
                 if existing is not None and not op.replaces:

@@ -31,11 +31,12 @@ import types
 import typing
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypedDict
 
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type information
 
 from ttp_gateway.core.errors import CodecError
 
@@ -103,7 +104,7 @@ class ElementDef:
     is_list: bool
     primitive: str = ""     # FHIR primitive type name for PRIMITIVE, e.g. "positiveInt"
     value_kind: ValueKind = TEXT
-    model: type | None = None  # model class for COMPLEX
+    model: type[FHIRAbstractModel] | None = None  # model class for COMPLEX
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ def _without_none(annotation: Any) -> Any:
 def _primitive_type_name(annotated: Any) -> str:
     """The FHIR primitive behind `Annotated[str, String()]` etc.: "string", "positiveInt", ..."""
     for marker in annotated.__metadata__:
-        name = getattr(marker, "__visit_name__", None)
+        name: str | None = getattr(marker, "__visit_name__", None)
         if name:
             return name
     base = typing.get_args(annotated)[0]
@@ -152,13 +153,22 @@ def _value_kind(primitive: str) -> ValueKind:
     return TEXT
 
 
+class _Naming(TypedDict):
+    """The ElementDef fields that follow from a field's name and cardinality alone."""
+
+    name: str
+    ext_name: str
+    tag: str
+    is_list: bool
+
+
 def _element_def(name: str, annotation: Any) -> ElementDef:
     """Classify one model field from its annotation, e.g. `Optional[List[HumanNameType]]`."""
     inner = _without_none(annotation)
     is_list = typing.get_origin(inner) is list
     if is_list:
         inner = _without_none(typing.get_args(inner)[0])
-    common = {"name": name, "ext_name": "_" + name, "tag": _FHIR_PREFIX + name, "is_list": is_list}
+    common: _Naming = {"name": name, "ext_name": "_" + name, "tag": _FHIR_PREFIX + name, "is_list": is_list}
 
     if inner is bool:
         return ElementDef(kind=PRIMITIVE, primitive="boolean", value_kind=BOOLEAN,
@@ -166,7 +176,8 @@ def _element_def(name: str, annotation: Any) -> ElementDef:
     if typing.get_origin(inner) is typing.Annotated:
         primitive = _primitive_type_name(inner)
         if primitive == "xhtml":
-            return ElementDef(**{**common, "tag": _XHTML_DIV_TAG}, kind=XHTML)
+            common["tag"] = _XHTML_DIV_TAG  # Narrative.div is an XHTML element, not a FHIR one
+            return ElementDef(kind=XHTML, **common)
         return ElementDef(kind=PRIMITIVE, primitive=primitive,
                           value_kind=_value_kind(primitive), **common)
     if isinstance(inner, type) and issubclass(inner, FhirBase):
@@ -178,7 +189,7 @@ def _element_def(name: str, annotation: Any) -> ElementDef:
 
 
 @cache
-def _type_def(model: type) -> TypeDef:
+def _type_def(model: type[FHIRAbstractModel]) -> TypeDef:
     """The table for one model class, built on first use."""
     is_resource = issubclass(model, _RESOURCE_MODEL)
     if is_resource:
@@ -280,7 +291,7 @@ def _parse_document(body: bytes) -> etree._Element:
     return root
 
 
-def parse_xml(body: bytes) -> dict:
+def parse_xml(body: bytes) -> dict[str, Any]:
     """One FHIR XML resource (any type) -> its FHIR JSON form, as `orjson.loads` would give it.
 
     Raises CodecError for anything that is not well-formed, DTD-free FHIR XML of a known
@@ -306,7 +317,7 @@ def _reject_stray_text(root: etree._Element) -> None:
                              "FHIR XML carries values in value attributes")
 
 
-def _read_resource(elem: etree._Element, depth: int) -> dict:
+def _read_resource(elem: etree._Element, depth: int) -> dict[str, Any]:
     resource_type = elem.tag[len(_FHIR_PREFIX):] if elem.tag.startswith(_FHIR_PREFIX) else ""
     type_def = _resource_def(resource_type) if resource_type else None
     if type_def is None:
@@ -319,7 +330,7 @@ def _read_resource(elem: etree._Element, depth: int) -> dict:
     return resource
 
 
-def _read_complex(elem: etree._Element, type_def: TypeDef, depth: int) -> dict:
+def _read_complex(elem: etree._Element, type_def: TypeDef, depth: int) -> dict[str, Any]:
     """JSON object of a datatype or BackboneElement: attributes (id, url) and children."""
     if depth > MAX_DEPTH:
         raise CodecError(f"XML nested deeper than {MAX_DEPTH} elements at {_element_path(elem)}")
@@ -332,7 +343,7 @@ def _read_complex(elem: etree._Element, type_def: TypeDef, depth: int) -> dict:
     return out
 
 
-def _read_attributes(elem: etree._Element, type_def: TypeDef, out: dict) -> None:
+def _read_attributes(elem: etree._Element, type_def: TypeDef, out: dict[str, Any]) -> None:
     """Element.id and Extension.url; attributes in other namespaces (xsi:...) are ignored."""
     for name, value in elem.items():
         if name in type_def.attributes:
@@ -341,7 +352,7 @@ def _read_attributes(elem: etree._Element, type_def: TypeDef, out: dict) -> None
             raise _unknown_attribute(elem, name)
 
 
-def _read_children(parent: etree._Element, type_def: TypeDef, out: dict, depth: int) -> None:
+def _read_children(parent: etree._Element, type_def: TypeDef, out: dict[str, Any], depth: int) -> None:
     """Add the JSON form of all child elements of `parent` to `out`."""
     by_tag = type_def.by_tag
     for child in parent:
@@ -375,7 +386,7 @@ def _read_structure(elem: etree._Element, element: ElementDef, depth: int) -> An
     return _xhtml_to_string(elem)
 
 
-def _set_primitive(out: dict, element: ElementDef, value: Any, extras: dict | None,
+def _set_primitive(out: dict[str, Any], element: ElementDef, value: Any, extras: dict[str, Any] | None,
                    elem: etree._Element) -> None:
     if element.name in out or element.ext_name in out:
         raise _repeated_element(elem)
@@ -385,7 +396,8 @@ def _set_primitive(out: dict, element: ElementDef, value: Any, extras: dict | No
         out[element.ext_name] = extras
 
 
-def _append_primitive(out: dict, element: ElementDef, value: Any, extras: dict | None) -> None:
+def _append_primitive(out: dict[str, Any], element: ElementDef, value: Any,
+                      extras: dict[str, Any] | None) -> None:
     """Add one entry of a primitive array, keeping "x" and "_x" aligned.
 
     "_x" exists only once some entry has an id or extensions; it starts with nulls for the
@@ -405,7 +417,7 @@ def _append_primitive(out: dict, element: ElementDef, value: Any, extras: dict |
 
 
 def _read_primitive(elem: etree._Element, element: ElementDef,
-                    depth: int) -> tuple[Any, dict | None]:
+                    depth: int) -> tuple[Any, dict[str, Any] | None]:
     """(JSON value or None, {"id": ..., "extension": [...]} or None) of a primitive element."""
     attributes = elem.items()
     if len(attributes) == 1 and attributes[0][0] == "value" and not len(elem):
@@ -430,7 +442,7 @@ def _read_primitive(elem: etree._Element, element: ElementDef,
 
 
 def _read_primitive_extensions(elem: etree._Element, element: ElementDef,
-                               depth: int) -> list[dict]:
+                               depth: int) -> list[dict[str, Any]]:
     extension_def = _type_def(_EXTENSION_MODEL)
     extensions = []
     for child in elem:
@@ -477,7 +489,7 @@ def _decimal_number(raw: str, is_integral: bool, elem: etree._Element) -> int | 
     return number
 
 
-def _read_wrapped_resource(wrapper: etree._Element, depth: int) -> dict:
+def _read_wrapped_resource(wrapper: etree._Element, depth: int) -> dict[str, Any]:
     """`<resource><Patient>...</Patient></resource>` -> {"resourceType": "Patient", ...}."""
     for name, _ in wrapper.items():
         if not name.startswith("{"):
@@ -492,7 +504,8 @@ def _xhtml_to_string(div: etree._Element) -> str:
     detached = copy.deepcopy(div)  # a copy carries the namespaces of its ancestors, e.g. xsi ...
     etree.cleanup_namespaces(detached)  # ... which are dropped again unless the div uses them
     detached.tail = None
-    return etree.tostring(detached, encoding="unicode")
+    text: str = etree.tostring(detached, encoding="unicode")
+    return text
 
 
 # Error messages: element names and paths only, never attribute values or text.
@@ -563,7 +576,7 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
 _NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-def to_xml(resource: dict) -> bytes:
+def to_xml(resource: dict[str, Any]) -> bytes:
     """A FHIR JSON resource (dict with "resourceType") -> UTF-8 FHIR XML bytes.
 
     Elements are written in FHIR definition order whatever the key order. Raises ValueError
@@ -606,7 +619,7 @@ def _write_complex(parts: list[str], name: str, obj: Any, type_def: TypeDef) -> 
     parts.append(f"</{name}>")
 
 
-def _ordered_keys(obj: dict, type_def: TypeDef) -> list[str]:
+def _ordered_keys(obj: dict[str, Any], type_def: TypeDef) -> list[str]:
     try:
         return sorted(obj, key=type_def.position.__getitem__)
     except KeyError:
@@ -614,7 +627,7 @@ def _ordered_keys(obj: dict, type_def: TypeDef) -> list[str]:
         raise ValueError(f"unknown element(s) in {type_def.name}: {', '.join(unknown)}") from None
 
 
-def _write_children(parts: list[str], obj: dict, type_def: TypeDef) -> None:
+def _write_children(parts: list[str], obj: dict[str, Any], type_def: TypeDef) -> None:
     """The child elements of a JSON object, in definition order."""
     elements = type_def.elements
     for key in _ordered_keys(obj, type_def):
@@ -725,4 +738,5 @@ def _xhtml_text(div: Any) -> str:
         raise ValueError(f"Narrative.div is not well-formed XHTML: {exc.diagnostics}") from None
     if elem.tag != _XHTML_DIV_TAG:
         raise ValueError("Narrative.div must be a div element in the XHTML namespace")
-    return etree.tostring(elem, encoding="unicode")
+    text: str = etree.tostring(elem, encoding="unicode")
+    return text

@@ -151,3 +151,14 @@ def parameters(*items: tuple[str, object]) -> dict:
         else:
             parameter.append({"name": name, "valueString": value})
     return {"resourceType": "Parameters", "parameter": parameter}
+
+
+@pytest.fixture(autouse=True)
+def _audit_through_logging():
+    """Audit records go to the `ttp_gateway.audit` logger in tests, whatever an earlier test's
+    `configure_logging` (the command line, a served app) set up."""
+    from ttp_gateway.core.observability import audit_trail
+
+    audit_trail._descriptor, audit_trail._owned = None, False
+    yield
+    audit_trail._descriptor, audit_trail._owned = None, False

@@ -67,13 +67,15 @@ def _declaration(params: list[dict]) -> tuple[Param, ...]:
 
 
 def _consistent(params: list[dict]) -> bool:
-    """Whether each name is used with one shape only (as a declaration can describe it)."""
+    """Whether each name is used with one shape only (as a declaration can describe it): the
+    parts of all parameters of one name together, as `_declaration` merges them."""
     shapes: dict[str, str] = {}
     for param in params:
         shape = "part" if "part" in param else next(k for k in param if k != "name")
-        if shapes.setdefault(param["name"], shape) != shape or ("part" in param and not _consistent(param["part"])):
+        if shapes.setdefault(param["name"], shape) != shape:
             return False
-    return True
+    return all(_consistent([p for q in params if q["name"] == name for p in q["part"]])
+               for name, shape in shapes.items() if shape == "part")
 
 
 @settings(max_examples=300, deadline=None)

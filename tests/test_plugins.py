@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from conftest import GPAS, client_for
+from conftest import DEMO_CONFIG, GPAS, client_for
 from ttp_gateway.core import Operation, Param, fhir, hookimpl
 from ttp_gateway.core.app import create_app
 from ttp_gateway.core.plugins import OperationTable
@@ -95,3 +95,76 @@ def test_hook_tracing(demo_config, monkeypatch, caplog) -> None:
     caplog.set_level("INFO", logger="ttp_gateway.plugins")
     create_app(demo_config)
     assert any("ttp_operations" in r.getMessage() for r in caplog.records)
+
+
+class Misspelled:
+    """A plugin whose hook name has a typo: loading it must fail loudly, not ignore the hook."""
+
+    @hookimpl
+    def ttp_operation(self, gateway):  # ttp_operations
+        return []
+
+
+def test_a_misspelled_hook_stops_the_start(demo_config) -> None:
+    from ttp_gateway.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ttp_operation"):
+        create_app(demo_config, extra_plugins=(Misspelled(),))
+
+
+def test_disabling_a_plugin_that_another_requires_is_a_clear_configuration_error(demo_config) -> None:
+    from ttp_gateway.core.config import ConfigError
+
+    config = demo_config.with_overrides(plugins={"disabled": ["gpas"]})
+    with pytest.raises(ConfigError, match="requires plugin 'gpas', which is disabled"):
+        create_app(config)
+
+
+class Recorder:
+    """Records which hooks fire, and in which order relative to gPAS."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def ttp_requires(self):
+        return ["gpas"]
+
+    @hookimpl
+    def ttp_setup(self, gateway):
+        from ttp_gateway.plugins.gpas.api import GPAS as GPAS_KEY
+
+        gateway.service(GPAS_KEY)  # available: gPAS was set up first
+        self.calls.append("setup")
+
+    @hookimpl
+    def ttp_startup(self, gateway):
+        self.calls.append("startup")
+
+
+def test_requirements_order_setup_and_admin_commands_do_not_start(demo_config) -> None:
+    from ttp_gateway.core.app import build_gateway
+
+    served, admin = Recorder(), Recorder()
+    gateway, _ = build_gateway(demo_config, extra_plugins=(served,))
+    gateway.repository.close()
+    assert served.calls == ["setup", "startup"]
+    gateway, _ = build_gateway(demo_config, extra_plugins=(admin,), start=False)
+    gateway.repository.close()
+    assert admin.calls == ["setup"]  # no seeding, no warm caches
+
+
+def test_the_command_line_builds_gateways_without_starting_them(monkeypatch, capsys, storage_url) -> None:
+    from ttp_gateway.core import app, cli
+
+    seen: list[bool] = []
+    build = app.build_gateway
+
+    def recording(config, **options):
+        seen.append(options.get("start", True))
+        return build(config, **options)
+
+    monkeypatch.setattr(app, "build_gateway", recording)
+    monkeypatch.setenv("TTP_GATEWAY__STORAGE__URL", storage_url)
+    assert cli.main(["--config", str(DEMO_CONFIG), "domains", "list"]) == 0
+    assert seen == [False]

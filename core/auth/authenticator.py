@@ -9,7 +9,7 @@ credentials fail is refused, never treated as anonymous.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import NotAuthenticated
 from .keys import ApiKey, KeyRing, api_key_from_settings
@@ -34,7 +34,7 @@ class Authenticator:
         self._realm = realm.replace("\\", "").replace('"', "")
 
     @classmethod
-    def from_settings(cls, auth: Mapping,
+    def from_settings(cls, auth: Mapping[str, Any],
                       load_stored_keys: Callable[[], list[ApiKey]] | None = None) -> "Authenticator":
         """From the `[auth]` section; `load_stored_keys` reads the API keys kept in storage."""
         keys = KeyRing((api_key_from_settings(k) for k in auth.get("api_keys", [])), load_stored_keys)

@@ -47,7 +47,8 @@ def auth_problems(auth: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where} needs an endpoint")
         elif endpoint in endpoints:
             problems.append(f"{where}: endpoint {endpoint!r} is listed twice")
-        endpoints.add(endpoint)
+        else:
+            endpoints.add(endpoint)
     if not isinstance(auth.get("require_api_key", True), bool):
         problems.append("[auth] require_api_key must be true or false")
     if not isinstance(auth.get("realm", ""), str):
@@ -57,10 +58,10 @@ def auth_problems(auth: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _issuer_problems(where: str, entry: Mapping, issuers: set[str]) -> list[str]:
+def _issuer_problems(where: str, entry: Mapping[str, Any], issuers: set[str]) -> list[str]:
     problems = _unknown(where, entry, ISSUER_KEYS)
     issuer = entry.get("issuer")
-    if url_problem(issuer):
+    if not isinstance(issuer, str) or url_problem(issuer):
         problems.append(f"{where}: issuer {url_problem(issuer)}")
     elif issuer in issuers:
         problems.append(f"{where}: issuer {issuer!r} is configured twice")
@@ -104,7 +105,7 @@ def _issuer_problems(where: str, entry: Mapping, issuers: set[str]) -> list[str]
     return problems
 
 
-def _tables(auth: Mapping, name: str, problems: list[str]) -> list[tuple[str, dict]]:
+def _tables(auth: Mapping[str, Any], name: str, problems: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """The tables of an array of tables, each with a label for messages."""
     value = auth.get(name, [])
     if not isinstance(value, list):
@@ -120,7 +121,7 @@ def _tables(auth: Mapping, name: str, problems: list[str]) -> list[tuple[str, di
     return found
 
 
-def _named(where: str, entry: Mapping, names: dict[str, str], problems: list[str]) -> bool:
+def _named(where: str, entry: Mapping[str, Any], names: dict[str, str], problems: list[str]) -> bool:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         problems.append(f"{where} needs a name")
@@ -132,7 +133,7 @@ def _named(where: str, entry: Mapping, names: dict[str, str], problems: list[str
     return True
 
 
-def _scope_problems(where: str, entry: Mapping) -> list[str]:
+def _scope_problems(where: str, entry: Mapping[str, Any]) -> list[str]:
     """Scope values that are not arrays of strings. Keys beside a table's own settings name scope
     kinds, which the loaded plugins declare (checked against them later, `ScopeKinds.problems`)."""
     label = f"{where} ({entry['name']})" if isinstance(entry.get("name"), str) else where
@@ -146,7 +147,7 @@ def _scope_problems(where: str, entry: Mapping) -> list[str]:
     return problems
 
 
-def _unknown(where: str, entry: Mapping, known: set[str]) -> list[str]:
+def _unknown(where: str, entry: Mapping[str, Any], known: set[str]) -> list[str]:
     scoped = CALL_KEYS[0] in known  # a table with a scope: its other keys name scope kinds
     unknown = sorted(set(entry) - known - (set(scope_keys(entry)) if scoped else set()))
     return [f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"] if unknown else []

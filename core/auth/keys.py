@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import NotAuthenticated
 from .scopes import ANONYMOUS, Client, client_from_settings
@@ -37,7 +37,7 @@ class ApiKey:
     sha256: str  # hex digest of the secret
 
 
-def api_key_from_settings(settings: Mapping) -> ApiKey:
+def api_key_from_settings(settings: Mapping[str, Any]) -> ApiKey:
     """An ApiKey from a `[[auth.api_keys]]` table or a stored record of the same shape."""
     sha = settings.get("key_sha256") or digest(settings["key"])
     return ApiKey(client=client_from_settings(settings["name"], settings), sha256=sha.lower())

@@ -104,7 +104,7 @@ class KeySet:
         self._clock = clock
         self._fetch = fetch or self._fetch_json
         self._lock = threading.Lock()
-        self._keys: list[dict] = []
+        self._keys: list[dict[str, Any]] = []
         self._prepared: dict[tuple[str | None, str], jwt.PyJWK | None] = {}
         self._fetched_at: float | None = None  # last success
         self._tried_at = float("-inf")  # last attempt, successful or not
@@ -156,7 +156,7 @@ class KeySet:
         if not isinstance(document, dict) or document.get("issuer") != self._issuer:
             raise ValueError("the discovery document names another issuer")
         jwks_uri = document.get("jwks_uri")
-        if url_problem(jwks_uri):
+        if not isinstance(jwks_uri, str) or url_problem(jwks_uri):
             raise ValueError("the discovery document's jwks_uri is not usable")
         self._jwks_uri = jwks_uri
         return jwks_uri
@@ -189,13 +189,14 @@ class KeySet:
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     """Follows redirects only to URLs an issuer could have been configured with."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> Any:
         if url_problem(newurl):
             return None
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _fits(jwk: Mapping, algorithm: str) -> bool:
+def _fits(jwk: Mapping[str, Any], algorithm: str) -> bool:
     """Whether a JWK may verify a signature made with `algorithm` (never across key types)."""
     if jwk.get("alg") not in (None, algorithm):
         return False
@@ -220,7 +221,7 @@ class Issuer:
     keys: KeySet
 
     @classmethod
-    def from_settings(cls, settings: Mapping, *, clock: Callable[[], float] = time.monotonic) -> "Issuer":
+    def from_settings(cls, settings: Mapping[str, Any], *, clock: Callable[[], float] = time.monotonic) -> "Issuer":
         issuer = settings["issuer"]
         mappings = []
         for index, mapping in enumerate(settings.get("roles", [])):
@@ -244,7 +245,7 @@ class Issuer:
                         ca_file=settings.get("ca_file"), clock=clock),
         )
 
-    def client_for(self, token: str, header: Mapping) -> Client:
+    def client_for(self, token: str, header: Mapping[str, Any]) -> Client:
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
             raise _Refused("algorithm")
@@ -272,7 +273,7 @@ class Issuer:
             raise _Refused("no-mapped-role")
         return Client.union(_caller_name(claims, self.name_claim), grants)
 
-    def _roles(self, claims: Mapping) -> set[str]:
+    def _roles(self, claims: Mapping[str, Any]) -> set[str]:
         roles = set(_strings(_claim(claims, "realm_access.roles")))
         if self.client_id:
             resource_access = claims.get("resource_access")
@@ -337,11 +338,11 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def _scopes(claims: Mapping) -> set[str]:
+def _scopes(claims: Mapping[str, Any]) -> set[str]:
     return set(_strings(claims.get("scope"))) | set(_strings(claims.get("scp")))
 
 
-def _caller_name(claims: Mapping, name_claim: str) -> str:
+def _caller_name(claims: Mapping[str, Any], name_claim: str) -> str:
     """`oidc:` and the caller's subject (or the claim configured), printable and short, for logs
     and the audit trail."""
     value = claims.get(name_claim) or claims.get("sub") or claims.get("azp") or "unknown"

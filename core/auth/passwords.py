@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -53,7 +53,7 @@ class User:
     password_hash: str
 
 
-def user_from_settings(settings: Mapping) -> User:
+def user_from_settings(settings: Mapping[str, Any]) -> User:
     """A User from a `[[auth.users]]` table."""
     return User(client=client_from_settings(settings["name"], settings),
                 password_hash=settings["password_hash"])

@@ -115,7 +115,7 @@ class Client:
         )
 
 
-def client_from_settings(name: str, settings: Mapping) -> Client:
+def client_from_settings(name: str, settings: Mapping[str, Any]) -> Client:
     """A Client named `name` with the scope keys of a configuration table (absent: all)."""
     return Client(
         name=name,
