@@ -83,7 +83,10 @@ def storage_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         _empty_postgres(url)
         yield url
     elif kind == "mongomock":
-        yield f"mongomock://localhost/ttp_test_{uuid.uuid4().hex[:12]}"
+        url = f"mongomock://localhost/ttp_test_{uuid.uuid4().hex[:12]}"
+        yield url
+        server, name = mongomock_sessions.client_for(url)
+        server.drop_database(name)
     else:
         database = f"ttp_test_{uuid.uuid4().hex[:12]}"
         yield MONGODB_URL.rstrip("/") + "/" + database

@@ -50,8 +50,11 @@ class StandInClient:
     def close(self) -> None:
         return None
 
+    def drop_database(self, name: str) -> None:
+        self.run(None, lambda: self._client.drop_database(name))
+
     # --- what the wrappers and sessions use ---------------------------------------------------
-    def run(self, session: "_Session | None", call: Any) -> Any:
+    def run(self, session: "_Session | None", call: Any, collection: Any = None) -> Any:
         with self._condition:
             if session is None or session is not self._active:
                 owner = self._active.thread if self._active is not None else None
@@ -59,6 +62,14 @@ class StandInClient:
                 while self._active is not None and owner != threading.get_ident():
                     self._condition.wait()
                     owner = self._active.thread if self._active is not None else None
+            active = self._active
+            if collection is not None and active is not None and owner_is_current(active):
+                # A collection's documents as they were before the transaction first touched it:
+                # what an abort restores. Copying only what a transaction touches keeps the cost
+                # of a transaction independent of how many databases the process holds.
+                key = (collection.database.name, collection.name)
+                if key not in active.snapshot:
+                    active.snapshot[key] = copy.deepcopy(collection._store._documents)
             return call()
 
     def begin(self, session: "_Session", database: str | None) -> None:
@@ -67,7 +78,7 @@ class StandInClient:
                 self._condition.wait()
             self._active = session
             session.thread = threading.get_ident()
-            session.snapshot = self._snapshot()
+            session.snapshot = {}
 
     def end(self, session: "_Session", restore: bool) -> None:
         with self._condition:
@@ -78,18 +89,14 @@ class StandInClient:
                 session.snapshot = None
                 self._condition.notify_all()
 
-    def _snapshot(self) -> dict[tuple[str, str], Any]:
-        store = self._client._store
-        return {(db_name, name): copy.deepcopy(collection._documents)
-                for db_name, database in store._databases.items()
-                for name, collection in database._collections.items()}
-
     def _restore(self, snapshot: dict[tuple[str, str], Any] | None) -> None:
         store = self._client._store
-        for db_name, database in store._databases.items():
-            for name, collection in database._collections.items():
-                documents = (snapshot or {}).get((db_name, name))
-                collection._documents = documents if documents is not None else type(collection._documents)()
+        for (db_name, name), documents in (snapshot or {}).items():
+            store[db_name][name]._documents = documents
+
+
+def owner_is_current(session: "_Session") -> bool:
+    return session.thread == threading.get_ident()
 
 
 class _Admin:
@@ -152,6 +159,6 @@ class _Collection:
                 result = method(*args, **kwargs)
                 # Results are read inside the call, while no other transaction runs.
                 return list(result) if name in ("find", "aggregate") else result
-            return self._server.run(session, run)
+            return self._server.run(session, run, self._collection)
 
         return call
