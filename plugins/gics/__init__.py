@@ -1,0 +1,157 @@
+"""The gICS consent endpoint (`/ttp-fhir/fhir/gics`): consent domains, policies, modules,
+versioned templates, signed consents and the policy states computed from them.
+
+Configuration (the catalogue is created or replaced in storage at start-up; `ttp-gateway gics`
+manages the same objects in a running store):
+
+    [gics]
+    timezone = "Europe/Berlin"          # dates without an offset, request dates, answers
+
+    [[gics.domains]]
+    name = "MII"
+    signer_id_types = ["Pseudonym"]     # identifier systems .../fhir/gics/identifiers/<type>
+    policy_system = "https://ths-greifswald.de/fhir/CodeSystem/gics/Policy"
+
+    [[gics.policies]]
+    domain = "MII"
+    name = "MDAT_erheben"
+    version = "1.0"
+    codes = ["urn:oid:2.16.840.1.113883.3.1937.777.24.5.3|2.16.840.1.113883.3.1937.777.24.5.3.6"]
+
+    [[gics.modules]]
+    domain = "MII"
+    name = "PATDAT_erheben_speichern_nutzen"
+    version = "1.8"
+    policies = ["IDAT_erheben|1.0", { policy = "MDAT_erheben|1.0", expires_after = "P5Y" }]
+
+    [[gics.templates]]
+    domain = "MII"
+    name = "Patienteneinwilligung MII"
+    version = "1.6.d"
+    type = "CONSENT"                    # CONSENT_OPT_OUT, WITHDRAWAL, REFUSAL, REVOCATION, OBJECTION
+    expires_after = "P30Y"
+    modules = [{ module = "PATDAT_erheben_speichern_nutzen|1.8", mandatory = true }]
+
+    [[gics.consents]]                   # signed consents stored at start-up where absent (demo data)
+    domain = "MII"
+    template = "Patienteneinwilligung MII|1.6.d"
+    signer_ids = ["Pseudonym|dic_1H51T"]
+    date = "2022-12-21"
+    answers = { "PATDAT_erheben_speichern_nutzen|1.8" = "ACCEPTED" }
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+from datetime import timezone
+from typing import Any, Mapping
+
+from ttp_gateway.core.config import Config
+from ttp_gateway.core.hookspecs import hookimpl
+
+from . import resources as fr
+from .model import Catalogue, ConsentStatus, Key, SignerId, parse_moment
+from .operations import SERVICE, GicsOperations
+from .service import DEFAULT_ZONE, ConsentService, known_zone, zone_of
+from .store import MemoryConsentStore
+
+log = logging.getLogger("ttp_gateway.gics")
+__all__ = ["SERVICE"]
+
+
+@hookimpl
+def ttp_operations(gateway) -> list:
+    section = gateway.config.section("gics")
+    # Until stores of plugins come from the core, consents live in the process.
+    service = ConsentService(MemoryConsentStore(), zone_of(section.get("timezone", DEFAULT_ZONE)), gateway.clock)
+    gateway.services[SERVICE] = service
+    return GicsOperations().declarations()
+
+
+@hookimpl
+def ttp_startup(gateway) -> None:
+    section = gateway.config.section("gics")
+    service: ConsentService = gateway.service(SERVICE)
+    catalogue = Catalogue.from_settings(section)
+    if catalogue.domains:
+        service.put_catalogue(catalogue)
+    consents = [demo_consent(service, settings) for settings in section.get("consents", [])]
+    if consents:
+        with service.store.transaction(write=True) as unit:
+            stored = unit.add_consents(consents)
+        log.info("configured consents in place", extra={"consents": len(stored)})
+
+
+def demo_consent(service: ConsentService, settings: Mapping[str, Any]):
+    """A consent of the `[[gics.consents]]` table, with the form and patient the service makes
+    for it. Its id is derived from its key, so that a restart finds it in place."""
+    catalogue, template = service.template(settings["domain"], Key.parse(settings["template"]))
+    signer_ids = [SignerId(*Key.parse(text, "signer id")) for text in settings["signer_ids"]]
+    signed_at = parse_moment(str(settings["date"]), service.zone)
+    answers = {Key.parse(k, "module"): ConsentStatus(v) for k, v in settings.get("answers", {}).items()}
+    consent = service.signed_consent(catalogue, template, signer_ids, signed_at, answers, {
+        "questionnaireResponse": {**fr.form_response(template, answers, signed_at, service.zone), "id": "form",
+                                  "subject": {"reference": "Patient/person"}},
+        "patient": {**fr.patient_of(signer_ids), "id": "person"},
+        "provenance": fr.signatures_of("person", signed_at, service.zone, settings.get("location", ""),
+                                       settings.get("verified_by", ""))})
+    key = "\x1f".join((consent.domain, str(consent.template), consent.person_key, consent.date.isoformat()))
+    return replace(consent, id=str(uuid.uuid5(uuid.NAMESPACE_URL, "gics-configured-consent:" + key)))
+
+
+@hookimpl
+def ttp_check_config(config: Config) -> list[str]:
+    section = config.section("gics")
+    try:
+        catalogue = Catalogue.from_settings(section)
+    except ValueError as error:
+        return [str(error)]
+    problems: list[str] = []
+    zone = section.get("timezone", DEFAULT_ZONE)
+    if not known_zone(zone):
+        problems.append(f"[gics] timezone {zone!r} is not a known time zone")
+    consents = section.get("consents", [])
+    if not isinstance(consents, list):
+        return problems + ["gics.consents must be an array of tables"]
+    for index, settings in enumerate(consents):
+        problems += _consent_problems(catalogue, settings, f"[[gics.consents]] #{index + 1}")
+    return problems
+
+
+def _consent_problems(catalogue: Catalogue, settings: Any, where: str) -> list[str]:
+    if not isinstance(settings, Mapping):
+        return [f"{where} must be a table"]
+    try:
+        domain = catalogue.domain(settings.get("domain"))  # type: ignore[arg-type]
+        if domain is None:
+            return [f"{where} names an unknown domain"]
+        template = catalogue.template(domain.name, Key.parse(str(settings.get("template")), "template"))
+        if template is None:
+            return [f"{where} names an unknown template"]
+        ids = settings.get("signer_ids")
+        if not isinstance(ids, list) or not ids:
+            return [f"{where} needs signer_ids such as [\"Pseudonym|dic_1H51T\"]"]
+        for text in ids:
+            signer = SignerId(*Key.parse(str(text), "signer id"))
+            if signer.type not in domain.signer_id_types:
+                return [f"{where}: {signer.type!r} is not a signer id type of domain {domain.name!r}"]
+        parse_moment(str(settings.get("date")), timezone.utc)
+        answers = settings.get("answers", {})
+        if not isinstance(answers, Mapping):
+            return [f"{where}: answers must be a table module|version = STATUS"]
+        for module, status in answers.items():
+            if Key.parse(module, "module") not in template.module_keys():
+                return [f"{where}: {module!r} is not a module of the template"]
+            ConsentStatus(status)
+    except ValueError as error:
+        return [f"{where}: {error}"]
+    return []
+
+
+@hookimpl
+def ttp_cli_commands(subparsers: Any) -> None:
+    from .cli import add_commands
+
+    add_commands(subparsers)
