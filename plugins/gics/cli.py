@@ -208,17 +208,12 @@ def create_template(args: argparse.Namespace, gateway) -> int:
 
 
 def import_catalogue(args: argparse.Namespace, gateway) -> int:
+    stored = _service(gateway).catalogues.reload()
     try:
         section = tomllib.loads(args.file.read_text(encoding="utf-8")).get("gics", {})
-        imported = Catalogue.from_settings(section)
+        imported = Catalogue.from_settings(section, known=stored)
     except (OSError, tomllib.TOMLDecodeError) as error:
         return _fail(f"{args.file}: {error}")
-    stored = _service(gateway).catalogues.reload()
-    merged = Catalogue({**stored.domains, **imported.domains}, {**stored.policies, **imported.policies},
-                       {**stored.modules, **imported.modules}, {**stored.templates, **imported.templates})
-    problems = merged.problems()
-    if problems:
-        return _fail(problems[0])
     _service(gateway).put_catalogue(imported)
     print(f"stored {len(imported.domains)} domains, {len(imported.policies)} policies, "
           f"{len(imported.modules)} modules, {len(imported.templates)} templates")

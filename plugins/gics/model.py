@@ -383,19 +383,21 @@ class Catalogue:
         return found
 
     @classmethod
-    def from_settings(cls, section: Mapping[str, Any]) -> "Catalogue":
-        """The catalogue a `[gics]` section declares; ValueError names the first problem."""
+    def from_settings(cls, section: Mapping[str, Any], known: "Catalogue | None" = None) -> "Catalogue":
+        """The catalogue a `[gics]` section declares; ValueError names the first problem. Its
+        references may also point into `known` (what storage holds already)."""
         catalogue = cls()
         for settings in _tables(section, "domains"):
             domain = domain_from_settings(settings)
             if domain.name in catalogue.domains:
                 raise ValueError(f"[[gics.domains]] {domain.name!r} is configured twice")
             catalogue.domains[domain.name] = domain
+        domains = {**(known.domains if known else {}), **catalogue.domains}
         for kind, build, target in (("policies", policy_from_settings, catalogue.policies),
                                     ("modules", module_from_settings, catalogue.modules),
                                     ("templates", template_from_settings, catalogue.templates)):
             for settings in _tables(section, kind):
-                domain = catalogue.domains.get(settings.get("domain"))  # type: ignore[arg-type]
+                domain = domains.get(settings.get("domain"))  # type: ignore[arg-type]
                 if domain is None:
                     raise ValueError(f"[[gics.{kind}]] {settings.get('name')!r} names an unknown "
                                      f"domain {settings.get('domain')!r}")
@@ -404,10 +406,15 @@ class Catalogue:
                     raise ValueError(f"[[gics.{kind}]] {item.key} of domain {item.domain!r} is "
                                      "configured twice")
                 target[(item.domain, item.key)] = item
-        problems = catalogue.problems()
+        problems = (catalogue.merged_into(known) if known else catalogue).problems()
         if problems:
             raise ValueError(problems[0])
         return catalogue
+
+    def merged_into(self, base: "Catalogue") -> "Catalogue":
+        """`base` with this catalogue's objects added or replacing base's."""
+        return Catalogue({**base.domains, **self.domains}, {**base.policies, **self.policies},
+                         {**base.modules, **self.modules}, {**base.templates, **self.templates})
 
 
 def _tables(section: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -649,7 +656,10 @@ def parse_moment(text: str, zone: tzinfo) -> datetime:
         value += "-01-01"
     elif re.fullmatch(r"\d{4}-\d{2}", value):
         value += "-01"
-    moment = datetime.fromisoformat(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a date or dateTime") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return moment

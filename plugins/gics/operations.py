@@ -22,7 +22,7 @@ from ttp_gateway.core.operations import Operation, Param
 
 from . import resources as fr
 from .model import Catalogue, ConsentDomain, Key, SignedConsent, SignerId, parse_moment, signer_ids_of
-from .service import ConsentService, document_ends, opt_out_answers
+from .service import ConsentService, revoked_grants, opt_out_answers
 from .states import all_states, current_consent, current_states, decides, is_consented
 from .store import ConsentStore
 
@@ -150,7 +150,7 @@ class GicsOperations:
         call.audit("add-consent", domain=domain.name, template=str(template.key), consent=stored.id,
                    persons=_persons_label(signer_ids))
         given = fr.given_resources(stored, catalogue, service.zone)
-        document = fr.document_consent(stored, catalogue, service.zone, profile, document_ends(stored, persons),
+        document = fr.document_consent(stored, catalogue, service.zone, profile, revoked_grants(stored, persons),
                                        claim_de=False)
         return fr.collection([given["questionnaireResponse"], document, given["provenance"],
                               *given["documentReference"], given["patient"],
@@ -201,7 +201,7 @@ class GicsOperations:
         call.audit(operation, domain=domain.name, consents=len(page), offset=offset)
         if call.args.get("_profile"):
             params = {**params, "_profile": profile}
-        bundles = [fr.consent_bundle(c, catalogue, service.zone, profile, document_ends(c, persons)) for c in page]
+        bundles = [fr.consent_bundle(c, catalogue, service.zone, profile, revoked_grants(c, persons)) for c in page]
         return fr.collection(bundles, total=total, links=_links(call, operation, params, count, offset, total))
 
     def all_consents_for_person(self, call: Call) -> dict:
@@ -213,7 +213,7 @@ class GicsOperations:
             consents = unit.consents_of_persons(domain.name, signer_ids, resources=True)
         call.audit("allConsentsForPerson", domain=domain.name, persons=_persons_label(signer_ids),
                    consents=len(consents))
-        bundles = [fr.consent_bundle(c, catalogue, service.zone, profile, document_ends(c, consents))
+        bundles = [fr.consent_bundle(c, catalogue, service.zone, profile, revoked_grants(c, consents))
                    for c in consents]
         return fr.collection(bundles, total=len(bundles))
 
@@ -234,7 +234,7 @@ class GicsOperations:
         if current is None:
             return fr.collection([], total=0)
         return fr.collection([fr.consent_bundle(current, catalogue, service.zone, profile,
-                                                document_ends(current, consents))], total=1)
+                                                revoked_grants(current, consents))], total=1)
 
     def all_policy_states_for_person(self, call: Call) -> dict:
         service = _service(call)

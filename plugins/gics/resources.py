@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import uuid
 from datetime import date, datetime, tzinfo
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 from urllib.parse import quote_plus, unquote_plus
 
 from ttp_gateway.core.errors import InvalidRequest
@@ -572,18 +572,19 @@ def _consent_frame(consent: SignedConsent, profile: str, result_type: str, zone:
 
 
 def document_consent(consent: SignedConsent, catalogue: Catalogue, zone: tzinfo, profile: str = PROFILE_GICS,
-                     ends: Mapping[Key, datetime | None] | None = None, claim_de: bool = True) -> dict:
+                     revoked: Collection[Key] = (), claim_de: bool = True) -> dict:
     """The consent as a document: a deny (permit in an opt-out context) with one nested permit
-    per policy it grants, each until `ends[policy]` (its expiry, or its withdrawal). The gICS
+    per policy it grants, each until it expires. A grant a newer consent of the person has
+    declined (`revoked`: withdrawn, refused, answered no) is left out, so that a client that
+    selects persons by their documents' permits never selects a withdrawn one. The gICS
     variant also claims the HL7-DE profile, except in `$addConsent`'s answer (`claim_de`), as
     the reference does."""
     resource = _consent_frame(consent, profile, "document", zone, catalogue, consent.id, claim_de)
     nested = []
     for signed in consent.policies:
-        if not signed.status.accepting:
+        if not signed.status.accepting or signed.key in revoked:
             continue
-        end = (ends or {}).get(signed.key, signed.expires)
-        nested.append({"period": period_of(consent.date, end, zone),
+        nested.append({"period": period_of(consent.date, signed.expires, zone),
                        "code": policy_codes(catalogue, consent.domain, signed), "type": "permit"})
     last = max((p.expires or OPEN_END for p in consent.policies), default=OPEN_END)
     resource["provision"] = {
@@ -615,11 +616,11 @@ def policy_consent(consent: SignedConsent, signed: SignedPolicy, permits: bool, 
 
 
 def consent_bundle(consent: SignedConsent, catalogue: Catalogue, zone: tzinfo, profile: str = PROFILE_GICS,
-                   ends: Mapping[Key, datetime | None] | None = None) -> dict:
+                   revoked: Collection[Key] = ()) -> dict:
     """One consent with everything it came with, as a collection Bundle."""
     given = given_resources(consent, catalogue, zone)
     return collection([given["questionnaireResponse"],
-                       document_consent(consent, catalogue, zone, profile, ends),
+                       document_consent(consent, catalogue, zone, profile, revoked),
                        given["provenance"], *given["documentReference"], given["patient"]],
                       bundle_id=object_id("bundle", consent.id))
 

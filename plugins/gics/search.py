@@ -37,7 +37,7 @@ from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated
 from . import resources as fr
 from .model import OPEN_END, SIGNER_ID_SYSTEM_PREFIX, Catalogue, SignerId
 from .operations import DEFAULT_PAGE, MAX_PAGE, SCOPE
-from .service import ConsentService, document_ends
+from .service import ConsentService, revoked_grants
 from .states import DEFAULT, current_states, decides, effective_status
 from .store import PolicyFilter
 
@@ -220,7 +220,7 @@ def _page_of(service: ConsentService, catalogue: Catalogue, filters: list[Policy
                 consents = unit.matching_consents_page(wanted, offset=skip, limit=room)
                 signers = sorted({s for c in consents for s in c.signer_ids})
                 persons = unit.consents_of_persons(wanted.domain or "", signers) if signers else []
-                found = [(c, fr.document_consent(c, catalogue, zone, fr.PROFILE_MII, document_ends(c, persons)))
+                found = [(c, fr.document_consent(c, catalogue, zone, fr.PROFILE_MII, revoked_grants(c, persons)))
                          for c in consents]
             else:
                 rows = unit.signed_policies_page(wanted, offset=skip, limit=room, resources=bool(revinclude))

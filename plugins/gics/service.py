@@ -20,7 +20,7 @@ from ttp_gateway.core.errors import FhirError, InvalidRequest, NotFound, Unproce
 
 from .model import (Catalogue, ConsentDomain, ConsentStatus, Key, SignedConsent, SignerId, Template,
                     TemplateType, sign)
-from .states import granted_until
+from .states import revoked
 from .store import ConsentStore, ConsentUnit
 
 DEFAULT_ZONE = "Europe/Berlin"
@@ -141,10 +141,10 @@ def opt_out_answers(template: Template) -> dict[Key, ConsentStatus]:
     return {m.module: ConsentStatus.ACCEPTED_OPT_OUT for m in template.modules}
 
 
-def document_ends(consent: SignedConsent, persons_consents: Sequence[SignedConsent]) -> dict[Key, datetime | None]:
-    """When each policy this consent grants ended: expiry, or a newer decline of the person."""
-    later = [c for c in persons_consents if not c.signer_ids.isdisjoint(consent.signer_ids)]
-    return {p.key: granted_until(consent, p, later) for p in consent.policies if p.status.accepting}
+def revoked_grants(consent: SignedConsent, persons_consents: Sequence[SignedConsent]) -> frozenset[Key]:
+    """The policies this consent granted that a newer consent of the same person declined."""
+    others = [c for c in persons_consents if not c.signer_ids.isdisjoint(consent.signer_ids)]
+    return frozenset(p.key for p in consent.policies if p.status.accepting and revoked(consent, p, others))
 
 
 def require_template_type(template: Template, allowed: tuple[TemplateType, ...], operation: str) -> None:

@@ -49,10 +49,12 @@ class CheckConfig:
     request_date: date | None = None
 
     def moment(self, now: datetime, zone: tzinfo) -> datetime:
-        """The moment the question is about: the end of the request date, else now."""
+        """The moment the question is about: the last moment of the request date, else now.
+        So what was signed on the request date counts, and what ends at midnight after it
+        was still valid on it."""
         if self.request_date is None:
             return now
-        return datetime.combine(self.request_date + timedelta(days=1), time(), zone)
+        return datetime.combine(self.request_date + timedelta(days=1), time(), zone) - timedelta(microseconds=1)
 
 
 DEFAULT = CheckConfig()
@@ -69,10 +71,10 @@ def ids_match(signed_by: frozenset[SignerId], asked: frozenset[SignerId], matchi
 def consents_of(consents: Iterable[SignedConsent], asked: Iterable[SignerId],
                 matching: IdMatching = IdMatching.AT_LEAST_ONE,
                 until: datetime | None = None) -> list[SignedConsent]:
-    """The consents that count for a person (by its ids), oldest first."""
+    """The consents that count for a person (by its ids) up to a moment, oldest first."""
     wanted = frozenset(asked)
     found = [c for c in consents
-             if ids_match(c.signer_ids, wanted, matching) and (until is None or c.date < until)]
+             if ids_match(c.signer_ids, wanted, matching) and (until is None or c.date <= until)]
     found.sort(key=SignedConsent.order)
     return found
 
@@ -168,15 +170,12 @@ def current_consent(consents: Iterable[SignedConsent], asked: Iterable[SignerId]
     return max(found, key=lambda c: (version_order(c.template.version), c.date, c.recorded, c.seq))
 
 
-def granted_until(consent: SignedConsent, signed: SignedPolicy,
-                  later: Iterable[SignedConsent]) -> datetime | None:
-    """When what `consent` granted for this policy ended: its expiry, or the date of a newer
-    consent of the same person that declined the policy (withdrawal, refusal, a new form
-    answered no), whichever came first."""
-    end = signed.expires
-    for other in later:
-        if other.order() <= consent.order() or (end is not None and other.date >= end):
+def revoked(consent: SignedConsent, signed: SignedPolicy, others: Iterable[SignedConsent]) -> bool:
+    """Whether a newer consent of the person declined what `consent` granted for this policy
+    (a withdrawal, a refusal, a new form answered no) while the grant was in force."""
+    for other in others:
+        if other.order() <= consent.order() or (signed.expires is not None and other.date >= signed.expires):
             continue
         if any(p.key == signed.key and p.status.declining for p in other.policies):
-            end = other.date
-    return end
+            return True
+    return False

@@ -70,7 +70,8 @@ def shape(resource: Any, ignore: Iterable[str] = ()) -> Any:
         return ("Bundle", resource.get("type"), tuple(sorted(entries, key=repr)))
     found: set = set()
     _walk(resource, resource["resourceType"], found, skip)
-    return (resource["resourceType"], frozenset(found))
+    # A sorted tuple, not a set: its repr is canonical, so that a Bundle's entries sort alike.
+    return (resource["resourceType"], tuple(sorted(found, key=repr)))
 
 
 def _skipped(path: str, skip: tuple[str, ...]) -> bool:
@@ -103,9 +104,9 @@ def _walk(value: Any, path: str, found: set, skip: tuple[str, ...]) -> None:
 
 def difference(got: Any, want: Any) -> str:
     """Where two shapes differ, readably."""
-    if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], frozenset):
-        return (f"{got[0]}: missing {sorted(want[1] - got[1], key=repr)}\n"
-                f"  unexpected {sorted(got[1] - want[1], key=repr)}")
+    if isinstance(got, tuple) and len(got) == 2 and got[0] != "Bundle":
+        return (f"{got[0]}: missing {sorted(set(want[1]) - set(got[1]), key=repr)}\n"
+                f"  unexpected {sorted(set(got[1]) - set(want[1]), key=repr)}")
     if isinstance(got, tuple) and got[:1] == ("Bundle",) and isinstance(want, tuple) and want[:1] == ("Bundle",):
         extra = [g for g in got[2] if g not in want[2]]
         missing = [w for w in want[2] if w not in got[2]]

@@ -1,0 +1,136 @@
+"""`ttp-gateway gics ...` admin commands and the checks of the `[gics]` configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gics_helpers import DEMO, EXAMPLES, ROOT, demo_settings
+from ttp_gateway.core.cli import main
+from ttp_gateway.core.config import load_config
+from ttp_gateway.plugins.gics import ttp_check_config
+
+
+@pytest.fixture
+def config_file(tmp_path, monkeypatch):
+    """The demo configuration with the demo consent data, on a fresh SQLite file."""
+    path = tmp_path / "gateway.toml"
+    path.write_text((ROOT / "config" / "demo.toml").read_text(encoding="utf-8") + "\n"
+                    + DEMO.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("TTP_GATEWAY__STORAGE__URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    return str(path)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_config_accepts_the_demo(capsys, config_file) -> None:
+    code, out, _ = run(capsys, "check-config", "--config", config_file)
+    assert code == 0, out
+
+
+def test_listing(capsys, config_file) -> None:
+    code, out, _ = run(capsys, "--config", config_file, "gics", "list")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["MII", "num", "opt-out"]
+    code, out, _ = run(capsys, "--config", config_file, "gics", "list", "num")
+    assert code == 0 and out.splitlines() == [
+        "policy    MDAT_erheben|1.1  https://ths-greifswald.de/fhir/CodeSystem/gics/Policy  "
+        "urn:oid:2.16.840.1.113883.3.1937.777.24.5.3|2.16.840.1.113883.3.1937.777.24.5.3.6",
+        "policy    MDAT_speichern_verarbeiten|1.1  https://ths-greifswald.de/fhir/CodeSystem/gics/Policy  "
+        "urn:oid:2.16.840.1.113883.3.1937.777.24.5.3|2.16.840.1.113883.3.1937.777.24.5.3.7",
+        "module    MDAT_NUM|1.0  grants MDAT_erheben|1.1, MDAT_speichern_verarbeiten|1.1",
+        "template  Einwilligung NUM|1.0  CONSENT  modules MDAT_NUM|1.0!"]
+    code, _, err = run(capsys, "--config", config_file, "gics", "list", "nowhere")
+    assert code == 1 and "unknown consent domain" in err
+    code, out, _ = run(capsys, "--config", config_file, "gics", "count", "MII")
+    assert (code, out.strip()) == (0, "6")
+
+
+def test_creating_versions(capsys, config_file) -> None:
+    gics = ("--config", config_file, "gics")
+    assert run(capsys, *gics, "create-domain", "study", "--signer-id-types", "Pseudonym", "CaseId")[0] == 0
+    assert run(capsys, *gics, "create-domain", "MII")[0] == 1  # exists
+    assert run(capsys, *gics, "create-domain", "MII", "--replace")[0] == 0
+    assert run(capsys, *gics, "create-policy", "num", "BIOMAT_erheben", "1.0",
+               "--code", "urn:oid:2.16.840.1.113883.3.1937.777.24.5.3|2.16.840.1.113883.3.1937.777.24.5.3.19")[0] == 0
+    code, _, err = run(capsys, *gics, "create-policy", "num", "MDAT_erheben", "1.1")
+    assert code == 1 and "a change is a new version" in err
+    code, _, err = run(capsys, *gics, "create-module", "num", "BIOMAT", "1.0", "--policy", "Unbekannt|1.0")
+    assert code == 1 and "unknown policy" in err
+    code, _, err = run(capsys, *gics, "create-module", "num", "BIOMAT", "1.0", "--policy", "MDAT_erheben|1.1@fünf Jahre")
+    assert code == 1 and "duration" in err
+    code, out, _ = run(capsys, *gics, "create-template", "num", "Einwilligung NUM", "2.0", "--module", "MDAT_NUM|1.0!",
+                       "--expires-after", "P30Y")
+    assert code == 0 and "Einwilligung NUM|2.0" in out
+    code, _, err = run(capsys, *gics, "create-template", "num", "Widerruf", "1.0", "--type", "SOMETIMES",
+                       "--module", "MDAT_NUM|1.0")
+    assert code == 1 and "type must be one of" in err
+
+
+def test_import_and_add_consent(capsys, config_file, tmp_path) -> None:
+    catalogue = tmp_path / "more.toml"
+    catalogue.write_text('[[gics.domains]]\nname = "extra"\n\n[[gics.policies]]\ndomain = "extra"\nname = "P"\n'
+                         'version = "1"\n', encoding="utf-8")
+    code, out, _ = run(capsys, "--config", config_file, "gics", "import", str(catalogue))
+    assert code == 0 and out.startswith("stored 1 domains, 1 policies")
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[gics.modules]]\ndomain = "MII"\nname = "M"\nversion = "1"\npolicies = ["Nope|1"]\n')
+    more = tmp_path / "more-modules.toml"
+    more.write_text('[[gics.modules]]\ndomain = "MII"\nname = "M"\nversion = "1"\npolicies = ["IDAT_erheben|1.1"]\n')
+    assert run(capsys, "--config", config_file, "gics", "import", str(more))[0] == 0
+    code, _, err = run(capsys, "--config", config_file, "gics", "import", str(broken))
+    assert code == 1 and "unknown policy" in err
+    request = EXAMPLES / "Parameters-Parameters-AddConsent-request-example-1.json"
+    code, out, _ = run(capsys, "--config", config_file, "gics", "add-consent", str(request))
+    assert code == 0 and out.startswith("recorded consent ")
+    not_parameters = tmp_path / "patient.json"
+    not_parameters.write_text(json.dumps({"resourceType": "Patient"}))
+    assert run(capsys, "--config", config_file, "gics", "add-consent", str(not_parameters))[0] == 1
+
+
+def _problems(**changes) -> list[str]:
+    settings = demo_settings()
+    for key, value in changes.items():
+        settings[key] = value(settings[key]) if callable(value) else value
+    config = load_config(ROOT / "config" / "demo.toml", environ={}).with_overrides(gics=settings)
+    return ttp_check_config(config)
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({}, None),
+    ({"timezone": "Mars/Olympus"}, "not a known time zone"),
+    ({"domains": lambda d: d + [d[0]]}, "configured twice"),
+    ({"domains": lambda d: [{**d[0], "signer_id_types": []}] + d[1:]}, "signer_id_types"),
+    ({"domains": lambda d: [{**d[0], "colour": "blue"}] + d[1:]}, "unknown settings colour"),
+    ({"policies": lambda p: p + [{"domain": "nowhere", "name": "X", "version": "1"}]}, "unknown domain"),
+    ({"policies": lambda p: p + [{"domain": "MII", "name": "X|Y", "version": "1"}]}, "must not contain"),
+    ({"policies": lambda p: p + [{"domain": "MII", "name": "X", "version": "1", "codes": ["no-separator"]}]},
+     "system|code"),
+    ({"modules": lambda m: m + [{"domain": "MII", "name": "X", "version": "1", "policies": ["Missing|1"]}]},
+     "unknown policy"),
+    ({"modules": lambda m: m + [{"domain": "MII", "name": "X", "version": "1",
+                                 "policies": [{"policy": "MDAT_erheben|1.1", "expires_after": "5 years"}]}]},
+     "duration"),
+    ({"templates": lambda t: t + [{"domain": "MII", "name": "X", "version": "1", "modules": ["Missing|1"]}]},
+     "unknown module"),
+    ({"templates": lambda t: t + [{"domain": "MII", "name": "X", "version": "1", "modules": []}]},
+     "at least one module"),
+    ({"templates": lambda t: t + [{"domain": "MII", "name": "X", "version": "1", "type": "MAYBE",
+                                   "modules": ["PATDAT_erheben_speichern_nutzen|1.8"]}]}, "type must be one of"),
+    ({"consents": lambda c: c + [{**c[0], "template": "Unbekannt|1"}]}, "unknown template"),
+    ({"consents": lambda c: c + [{**c[0], "signer_ids": ["CaseId|1"]}]}, "not a signer id type"),
+    ({"consents": lambda c: c + [{**c[0], "answers": {"Fremd|1": "ACCEPTED"}}]}, "not a module of the template"),
+    ({"consents": lambda c: c + [{**c[0], "answers": {"PATDAT_erheben_speichern_nutzen|1.6": "PERHAPS"}}]},
+     "not a valid ConsentStatus"),
+    ({"consents": lambda c: c + [{**c[0], "date": "gestern"}]}, "not a date"),
+])
+def test_configuration_problems(changes: dict, problem: str | None) -> None:
+    problems = _problems(**changes)
+    if problem is None:
+        assert problems == []
+    else:
+        assert problems and problem in problems[0], problems
