@@ -640,10 +640,6 @@ def _rank(policy: SignedPolicy) -> tuple:
     return (affirmative, -(policy.expires or OPEN_END).timestamp())
 
 
-def as_utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc)
-
-
 def parse_moment(text: str, zone: tzinfo) -> datetime:
     """A FHIR date or dateTime as an aware datetime; a date or a time without offset is read
     in `zone`."""

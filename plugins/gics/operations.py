@@ -21,7 +21,7 @@ from ttp_gateway.core.gateway import Call
 from ttp_gateway.core.operations import Operation, Param
 
 from . import resources as fr
-from .model import Catalogue, ConsentDomain, Key, SignedConsent, SignerId, parse_moment, signer_ids_of
+from .model import Catalogue, ConsentDomain, Key, SignerId, parse_moment, signer_ids_of
 from .service import ConsentService, revoked_grants, opt_out_answers
 from .states import all_states, current_consent, current_states, decides, is_consented
 from .store import ConsentStore
@@ -261,7 +261,7 @@ class GicsOperations:
         call.audit("currentPolicyStatesForPerson", domain=domain.name, persons=_persons_label(signer_ids),
                    policies=len(states))
         ordered = sorted(states.values(), key=lambda s: (s.policy.name, s.policy.version))
-        return fr.collection([fr.policy_consent(s.consent, s.signed, decides(s, config), catalogue, service.zone)
+        return fr.collection([fr.policy_consent(s.consent, s.signed, decides(s), catalogue, service.zone)
                               for s in ordered])
 
     def is_consented(self, call: Call) -> dict:
@@ -364,7 +364,7 @@ class GicsOperations:
             self._op("currentPolicyStatesForPerson", self.current_policy_states_for_person, affects_state=False,
                      returns=(bundle,), description="The current state of every policy a person signed.",
                      parameters=(person, domain, config)),
-            self._op("isConsented", self.is_consented, affects_state=False, batch=True,
+            self._op("isConsented", self.is_consented, affects_state=False, batch=True, quick_read=True,
                      returns=(Param("consented", "boolean", 1, 1, "whether the policy is consented"),),
                      description="Whether a person consented to a policy; a batch Bundle checks many at once.",
                      parameters=(person, domain, policy, Param("version", "string", 1, 1, "policy version"),

@@ -177,10 +177,6 @@ def module_questionnaire(module: Module) -> dict:
             "status": "active"}
 
 
-def template_id(template: Template) -> str:
-    return object_id("template", template.domain, str(template.key))
-
-
 def template_url(template: Template, kind: str = "ConsentTemplate") -> str:
     return f"{GICS}{kind}/{template.domain}/{quote_plus(template.name)}|{template.version}"
 

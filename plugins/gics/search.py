@@ -38,7 +38,7 @@ from . import resources as fr
 from .model import OPEN_END, SIGNER_ID_SYSTEM_PREFIX, Catalogue, SignerId
 from .operations import DEFAULT_PAGE, MAX_PAGE, SCOPE
 from .service import ConsentService, revoked_grants
-from .states import DEFAULT, current_states, decides, effective_status
+from .states import current_states, decides, effective_status
 from .store import PolicyFilter
 
 RESULT_TYPES = ("policy", "document", "consent-status")
@@ -256,9 +256,9 @@ def _consent_status(service: ConsentService, catalogue: Catalogue, filters: list
                 continue
             states = [s for s in current_states(consents, signer_ids, now).values()
                       if wanted.policies is None or s.policy.name in wanted.policies]
-            if wanted.permit is not None and not any(decides(s, DEFAULT) == wanted.permit for s in states):
+            if wanted.permit is not None and not any(decides(s) == wanted.permit for s in states):
                 continue
-            permitted = sorted((s for s in states if decides(s, DEFAULT)), key=lambda s: (s.policy.name, s.policy.version))
+            permitted = sorted((s for s in states if decides(s)), key=lambda s: (s.policy.name, s.policy.version))
             if not states:
                 continue
             newest = max(consents, key=lambda c: c.order())

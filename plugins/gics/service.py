@@ -11,15 +11,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timezone, tzinfo
 from typing import Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ttp_gateway.core.errors import FhirError, InvalidRequest, NotFound, Unprocessable
+from ttp_gateway.core.errors import FhirError, NotFound, Unprocessable
 
-from .model import (Catalogue, ConsentDomain, ConsentStatus, Key, SignedConsent, SignerId, Template,
-                    TemplateType, sign)
+from .model import Catalogue, ConsentDomain, ConsentStatus, Key, SignedConsent, SignerId, Template, sign
 from .states import revoked
 from .store import ConsentStore, ConsentUnit
 
@@ -146,12 +144,3 @@ def revoked_grants(consent: SignedConsent, persons_consents: Sequence[SignedCons
     others = [c for c in persons_consents if not c.signer_ids.isdisjoint(consent.signer_ids)]
     return frozenset(p.key for p in consent.policies if p.status.accepting and revoked(consent, p, others))
 
-
-def require_template_type(template: Template, allowed: tuple[TemplateType, ...], operation: str) -> None:
-    if template.type not in allowed:
-        raise InvalidRequest(f"${operation} needs a template of type "
-                             + " or ".join(t.value for t in allowed))
-
-
-def without_resources(consent: SignedConsent) -> SignedConsent:
-    return replace(consent, resources={})

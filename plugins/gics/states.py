@@ -133,20 +133,17 @@ def current_states(consents: Iterable[SignedConsent], asked: Iterable[SignerId],
     return newest
 
 
-def decides(state: PolicyState | None, config: CheckConfig) -> bool:
-    """Whether a winning state means: consented."""
-    if state is None:
-        return False
-    if state.status.unknown:
-        return False  # an unknown state never consents, whether or not it counts as a decline
-    return state.permits
+def decides(state: PolicyState | None) -> bool:
+    """Whether a winning state means: consented. (An unknown state never does, whether or not
+    it counts as a decline.)"""
+    return state is not None and state.permits
 
 
 def is_consented(consents: Iterable[SignedConsent], asked: Iterable[SignerId], policy: Key, at: datetime,
                  config: CheckConfig = DEFAULT) -> bool:
     states = current_states(consents, asked, at, config, [policy])
     group: Key | str = policy.name if config.ignore_version else policy
-    return decides(states.get(group), config)
+    return decides(states.get(group))
 
 
 def all_states(consents: Iterable[SignedConsent], asked: Iterable[SignerId], at: datetime,

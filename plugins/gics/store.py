@@ -40,6 +40,7 @@ document (`$inc` in the same write); resources in `gics_consent_resources` by se
 
 from __future__ import annotations
 
+import bisect
 import threading
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, contextmanager
@@ -204,6 +205,9 @@ class MemoryConsentStore(ConsentStore):
         self.consents: dict[int, SignedConsent] = {}  # by seq, in insertion order
         self.unique: dict[tuple, int] = {}
         self.by_signer: dict[tuple[str, SignerId], list[int]] = {}
+        # seqs in ascending order per domain and per (domain, template): pages are slices
+        self.by_domain: dict[str, list[int]] = {}
+        self.by_template: dict[tuple[str, Key], list[int]] = {}
         self.next_seq = 1
 
     @contextmanager
@@ -257,6 +261,8 @@ class _MemoryUnit(ConsentUnit):
             self.s.unique[unique] = kept.seq
             for signer in kept.signer_ids:
                 self.s.by_signer.setdefault((kept.domain, signer), []).append(kept.seq)
+            self.s.by_domain.setdefault(kept.domain, []).append(kept.seq)
+            self.s.by_template.setdefault((kept.domain, kept.template), []).append(kept.seq)
             stored.append(kept)
         return stored
 
@@ -271,22 +277,12 @@ class _MemoryUnit(ConsentUnit):
 
     def consents_page(self, domain: str, *, after: int = 0, offset: int = 0, limit: int,
                       template: Key | None = None, resources: bool = True) -> list[SignedConsent]:
-        found = []
-        skipped = 0
-        for seq, consent in self.s.consents.items():
-            if seq <= after or consent.domain != domain or (template and consent.template != template):
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            found.append(self._light(consent, resources))
-            if len(found) >= limit:
-                break
-        return found
+        seqs = self.s.by_template.get((domain, template), []) if template else self.s.by_domain.get(domain, [])
+        start = bisect.bisect_right(seqs, after) + offset
+        return [self._light(self.s.consents[seq], resources) for seq in seqs[start:start + limit]]
 
     def count_consents(self, domain: str, template: Key | None = None) -> int:
-        return sum(1 for c in self.s.consents.values()
-                   if c.domain == domain and (template is None or c.template == template))
+        return len(self.s.by_template.get((domain, template), []) if template else self.s.by_domain.get(domain, []))
 
     def signers_page(self, domain: str, id_type: str, *, after: str = "",
                      limit: int) -> list[tuple[str, list[SignedConsent]]]:

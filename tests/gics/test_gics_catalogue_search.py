@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gics_helpers import BASE, assert_shape, demo_settings, example, gateway, post
+from gics_helpers import BASE, assert_shape, demo_settings, example, gateway
 from ttp_gateway.core.auth import Client
 from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated
 from ttp_gateway.plugins.gics import resources as fr

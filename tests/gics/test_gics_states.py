@@ -17,8 +17,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ttp_gateway.plugins.gics.model import (Catalogue, ConsentStatus as S, Key, SignedConsent, SignerId, TemplateType,
-                                            sign)
+from ttp_gateway.plugins.gics.model import Catalogue, ConsentStatus as S, Key, SignedConsent, SignerId, sign
 from ttp_gateway.plugins.gics.service import revoked_grants
 from ttp_gateway.plugins.gics.states import (CheckConfig, IdMatching, all_states, current_consent,
                                             current_states, decides, is_consented)
@@ -78,7 +77,7 @@ def test_a_policy_is_valid_from_the_day_of_signing_until_it_expires() -> None:
     assert not consented(history, day="2025-01-15")        # expired
     assert consented(history, B1, day="2049-06-01") and not consented(history, B1, day="2050-01-15")
     expired = current_states(history, [P1], at("2025-02-01"))[A1]
-    assert expired.status is S.EXPIRED and not decides(expired, CheckConfig())
+    assert expired.status is S.EXPIRED and not decides(expired)
 
 
 def test_a_fixed_end_and_a_duration_give_the_earlier_end() -> None:
@@ -157,7 +156,7 @@ def test_policy_versions_are_apart_unless_versions_are_ignored() -> None:
     # by name, the newest signed A decides: A|2.0, declined, dated after A|1.0 (same consent)
     states = current_states(history, [P1], at("2021-06-01"), CheckConfig(ignore_version=True))
     assert set(states) == {"A", "B"}
-    assert consented(history, A1, day="2021-06-01", ignore_version=True) == decides(states["A"], CheckConfig())
+    assert consented(history, A1, day="2021-06-01", ignore_version=True) == decides(states["A"])
 
 
 def test_unknown_answers_are_passed_over_unless_they_count_as_decline() -> None:
@@ -235,4 +234,4 @@ def test_is_consented_agrees_with_the_current_states(history, config, asked) -> 
     states = current_states(consents, asked, moment, config)
     for policy in (A1, B1, A2):
         group = policy.name if config.ignore_version else policy
-        assert is_consented(consents, asked, policy, moment, config) == decides(states.get(group), config)
+        assert is_consented(consents, asked, policy, moment, config) == decides(states.get(group))
