@@ -32,12 +32,19 @@ manages the same objects in a running store):
     expires_after = "P30Y"
     modules = [{ module = "PATDAT_erheben_speichern_nutzen|1.8", mandatory = true }]
 
+    signatures = ["consent", "witness"]  # signatures the form asks for (consent, witness, verification)
+    properties = { miiAnswerCodeSystem = "2.16.840.1.113883.3.1937.777.24.5.2" }
+
     [[gics.consents]]                   # signed consents stored at start-up where absent (demo data)
     domain = "MII"
     template = "Patienteneinwilligung MII|1.6.d"
     signer_ids = ["Pseudonym|dic_1H51T"]
     date = "2022-12-21"
     answers = { "PATDAT_erheben_speichern_nutzen|1.8" = "ACCEPTED" }
+    location = "Greifswald"             # where it was signed; verified_by: who checked the signature
+
+Domains, policies, modules and templates carry `label`, `description` (templates: `title`) and
+`properties` (the guide's ExternalProperty key/value pairs) as the FHIR resources show them.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ carries `total` and `self`/`next`/`previous` links. A page reads only its own co
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlencode
 
 from ttp_gateway.core import fhir
 from ttp_gateway.core.errors import InvalidRequest, NotFound, Unprocessable
@@ -88,17 +87,10 @@ def _paging(call: Call) -> tuple[int, int]:
 
 def _links(call: Call, operation: str, params: Mapping[str, str], count: int, offset: int,
            total: int) -> list[dict]:
-    base = f"{call.gateway.config.server.base_path}/{ENDPOINT}/${operation}"
-
-    def url(at: int) -> str:
-        return base + "?" + urlencode({**params, "_count": count, "_offset": at})
-
-    links = [{"relation": "self", "url": url(offset)}]
-    if count and offset + count < total:
-        links.append({"relation": "next", "url": url(offset + count)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": url(max(0, offset - count))})
-    return links
+    """Links of a page: relative to the server, naming the operation's own parameters too, so
+    that a core that serves the operation by GET can follow them."""
+    url = f"{call.gateway.config.server.base_path}/{ENDPOINT}/${operation}"
+    return fr.page_links(url, list(params.items()), count, offset, total)
 
 
 def _policy_keys(catalogue: Catalogue, domain: str, coding: Mapping[str, Any], version: str,

@@ -20,7 +20,7 @@ import copy
 import uuid
 from datetime import date, datetime, tzinfo
 from typing import Any, Collection, Iterable, Mapping, Sequence
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import quote_plus, unquote_plus, urlencode
 
 from ttp_gateway.core.errors import InvalidRequest
 
@@ -619,6 +619,20 @@ def consent_bundle(consent: SignedConsent, catalogue: Catalogue, zone: tzinfo, p
                        document_consent(consent, catalogue, zone, profile, revoked),
                        given["provenance"], *given["documentReference"], given["patient"]],
                       bundle_id=object_id("bundle", consent.id))
+
+
+def page_links(url: str, query: Sequence[tuple[str, str]], count: int, offset: int, total: int) -> list[dict]:
+    """`self`, `next` and `previous` links of a page of `count` at `offset` of `total`; `url`
+    is the page's address without query, `query` the parameters that chose what is paged."""
+    def at(position: int) -> str:
+        return url + "?" + urlencode([*query, ("_count", str(count)), ("_offset", str(position))])
+
+    links = [{"relation": "self", "url": at(offset)}]
+    if count and offset + count < total:
+        links.append({"relation": "next", "url": at(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": at(max(0, offset - count))})
+    return links
 
 
 def collection(resources: Sequence[dict], *, total: int | None = None, links: Sequence[dict] = (),

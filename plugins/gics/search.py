@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any, Callable, Mapping, Sequence
-from urllib.parse import urlencode
 
 from ttp_gateway.core.auth import Client
 from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated
@@ -103,19 +102,6 @@ def _domains(query: Mapping[str, Sequence[str]], catalogue: Catalogue, client: C
             raise NotAuthenticated(f"this API key may not use consent-domain {name!r}")
         return [name] if catalogue.domain(name) is not None else []
     return [d for d in sorted(catalogue.domains) if client.may_use(SCOPE, d)]
-
-
-def _links(base: str, resource_type: str, applied: list[tuple[str, str]], count: int, offset: int,
-           total: int) -> list[dict]:
-    def url(at: int) -> str:
-        return f"{base}/{resource_type}?" + urlencode([*applied, ("_count", str(count)), ("_offset", str(at))])
-
-    links = [{"relation": "self", "url": url(offset)}]
-    if count and offset + count < total:
-        links.append({"relation": "next", "url": url(offset + count)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": url(max(0, offset - count))})
-    return links
 
 
 def _searchset(entries: list[dict], total: int, links: list[dict]) -> dict:
@@ -196,7 +182,7 @@ def search_consents(query: Mapping[str, Sequence[str]], service: ConsentService,
         total, entries = _page_of(service, catalogue, filters, result_type, count, offset, base, revinclude)
     audit("search-consent", domains=domains, result_type=result_type,
           persons=sorted(str(s) for s in signer_ids), consents=len(entries))
-    return _searchset(entries, total, _links(base, "Consent", applied, count, offset, total))
+    return _searchset(entries, total, fr.page_links(f"{base}/Consent", applied, count, offset, total))
 
 
 def _page_of(service: ConsentService, catalogue: Catalogue, filters: list[PolicyFilter], result_type: str,
@@ -317,5 +303,6 @@ def search_catalogue(resource_type: str, query: Mapping[str, Sequence[str]], ser
     page = resources[offset:offset + count]
     entries = [{"fullUrl": f"{base}/{resource_type}/{r['id']}", "resource": r, "search": {"mode": "match"}}
                for r in page]
-    return _searchset(entries, len(resources), _links(base, resource_type, applied, count, offset, len(resources)))
+    return _searchset(entries, len(resources), fr.page_links(f"{base}/{resource_type}", applied, count, offset,
+                                                             len(resources)))
 
