@@ -1,8 +1,9 @@
 """The gICS consent endpoint (`/ttp-fhir/fhir/gics`): consent domains, policies, modules,
 versioned templates, signed consents and the policy states computed from them.
 
-Configuration (the catalogue is created or replaced in storage at start-up; `ttp-gateway gics`
-manages the same objects in a running store):
+Configuration (the catalogue is created or replaced in storage at start-up, by every worker
+alike; `ttp-gateway gics` manages the same objects in a running store; API keys, users and roles
+may be scoped to consent domains with `consent-domains = [...]`):
 
     [gics]
     timezone = "Europe/Berlin"          # dates without an offset, request dates, answers
@@ -55,46 +56,75 @@ from dataclasses import replace
 from datetime import timezone
 from typing import Any, Mapping
 
+from ttp_gateway.backends.base import StoreRegistry
+from ttp_gateway.core.auth import ScopeKinds
 from ttp_gateway.core.config import Config
 from ttp_gateway.core.hookspecs import hookimpl
 
 from . import resources as fr
-from .model import Catalogue, ConsentStatus, Key, SignerId, parse_moment
-from .operations import SERVICE, GicsOperations
-from .service import DEFAULT_ZONE, ConsentService, known_zone, zone_of
-from .store import MemoryConsentStore
+from .model import Catalogue, ConsentStatus, Key, SignedConsent, SignerId, parse_moment
+from .operations import SCOPE, GicsOperations
+from .search import searches
+from .service import DEFAULT_ZONE, GICS, ConsentService, known_zone, zone_of
+from .store import CONSENTS, definition
 
 log = logging.getLogger("ttp_gateway.gics")
-__all__ = ["SERVICE"]
+__all__ = ["GICS", "CONSENTS"]
+
+
+@hookimpl
+def ttp_scope_kinds(kinds: ScopeKinds) -> None:
+    kinds.add(SCOPE, "consent domains (gICS)")
+
+
+@hookimpl
+def ttp_stores(stores: StoreRegistry) -> None:
+    stores.add(definition())
+
+
+@hookimpl
+def ttp_setup(gateway) -> None:
+    zone = zone_of(gateway.config.section("gics").get("timezone", DEFAULT_ZONE))
+    gateway.provide(GICS, ConsentService(zone, gateway.clock))
 
 
 @hookimpl
 def ttp_operations(gateway) -> list:
-    section = gateway.config.section("gics")
-    # Until stores of plugins come from the core, consents live in the process.
-    service = ConsentService(MemoryConsentStore(), zone_of(section.get("timezone", DEFAULT_ZONE)), gateway.clock)
-    gateway.services[SERVICE] = service
     return GicsOperations().declarations()
 
 
 @hookimpl
+def ttp_searches(gateway) -> list:
+    return searches()
+
+
+@hookimpl
 def ttp_startup(gateway) -> None:
+    """Store the configured catalogue (create or replace) and the configured consents where
+    absent. Every worker does this; what one stored first, the others find in place."""
     section = gateway.config.section("gics")
-    service: ConsentService = gateway.service(SERVICE)
+    service: ConsentService = gateway.service(GICS)
     catalogue = Catalogue.from_settings(section)
-    if catalogue.domains:
-        service.put_catalogue(catalogue)
-    consents = [demo_consent(service, settings) for settings in section.get("consents", [])]
-    if consents:
-        with service.store.transaction(write=True) as unit:
-            stored = unit.add_consents(consents)
-        log.info("configured consents in place", extra={"consents": len(stored)})
+    consents = [configured_consent(service, catalogue, settings) for settings in section.get("consents", [])]
+    if not catalogue.domains and not consents:
+        return
+
+    def seed(unit) -> None:
+        service.store_catalogue(unit, catalogue)
+        if consents:
+            unit[CONSENTS].add_consents(consents)
+
+    gateway.repository.write(seed)
+    log.info("configured consent catalogue in place", extra={
+        "domains": len(catalogue.domains), "templates": len(catalogue.templates), "consents": len(consents)})
 
 
-def demo_consent(service: ConsentService, settings: Mapping[str, Any]):
+def configured_consent(service: ConsentService, catalogue: Catalogue, settings: Mapping[str, Any]) -> SignedConsent:
     """A consent of the `[[gics.consents]]` table, with the form and patient the service makes
-    for it. Its id is derived from its key, so that a restart finds it in place."""
-    catalogue, template = service.template(settings["domain"], Key.parse(settings["template"]))
+    for it. Its id is derived from its unique key, so that every worker and every restart
+    derives the same one."""
+    template = catalogue.template(settings["domain"], Key.parse(settings["template"]))
+    assert template is not None, "ttp_check_config names consents of unknown templates"
     signer_ids = [SignerId(*Key.parse(text, "signer id")) for text in settings["signer_ids"]]
     signed_at = parse_moment(str(settings["date"]), service.zone)
     answers = {Key.parse(k, "module"): ConsentStatus(v) for k, v in settings.get("answers", {}).items()}
@@ -104,8 +134,7 @@ def demo_consent(service: ConsentService, settings: Mapping[str, Any]):
         "patient": {**fr.patient_of(signer_ids), "id": "person"},
         "provenance": fr.signatures_of("person", signed_at, service.zone, settings.get("location", ""),
                                        settings.get("verified_by", ""))})
-    key = "\x1f".join((consent.domain, str(consent.template), consent.person_key, consent.date.isoformat()))
-    return replace(consent, id=str(uuid.uuid5(uuid.NAMESPACE_URL, "gics-configured-consent:" + key)))
+    return replace(consent, id=str(uuid.uuid5(uuid.NAMESPACE_URL, "gics-configured-consent:" + consent.fingerprint)))
 
 
 @hookimpl

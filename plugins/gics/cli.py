@@ -10,13 +10,13 @@
     gics count DOMAIN                           how many consents a domain holds
 
 A new version of a policy, module or template is created next to the old ones; a version
-that exists is replaced only with `--replace`.
+that exists is replaced only with `--replace`. Each change reads the stored catalogue, checks it
+and writes in one unit of work; running servers see it within seconds (`service.REFRESH_SECONDS`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from ttp_gateway.core.gateway import Call
 
 from .model import (Catalogue, domain_from_settings, module_from_settings, policy_from_settings,
                     template_from_settings)
-from .operations import SERVICE
-from .service import ConsentService
+from .service import GICS, ConsentService, read_catalogue
+from .store import CONSENTS
 
 ADMIN = Client(name="admin-cli")
 
@@ -98,16 +98,16 @@ def _versioned(parser: argparse.ArgumentParser) -> None:
 
 
 def _service(gateway) -> ConsentService:
-    return gateway.service(SERVICE)
+    return gateway.service(GICS)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
+def _stored(gateway) -> Catalogue:
+    with gateway.repository.read() as unit:
+        return read_catalogue(unit[CONSENTS])
 
 
 def list_catalogue(args: argparse.Namespace, gateway) -> int:
-    catalogue = _service(gateway).catalogues.reload()
+    catalogue = _stored(gateway)
     if args.domain is None:
         for domain in catalogue.domains.values():
             print(f"{domain.name:<24} signer ids: {', '.join(domain.signer_id_types)}  "
@@ -115,7 +115,7 @@ def list_catalogue(args: argparse.Namespace, gateway) -> int:
                   f"templates: {len(catalogue.templates_of(domain.name))}")
         return 0
     if catalogue.domain(args.domain) is None:
-        return _fail(f"unknown consent domain {args.domain!r}")
+        raise ValueError(f"unknown consent domain {args.domain!r}")
     for policy in catalogue.policies_of(args.domain):
         codes = " ".join(f"{c.system}|{c.code}" for c in policy.codes)
         print(f"policy    {policy.key}  {policy.system}  {codes}".rstrip())
@@ -127,125 +127,130 @@ def list_catalogue(args: argparse.Namespace, gateway) -> int:
     return 0
 
 
-def _store_new(gateway, catalogue: Catalogue, kind: str, item: Any, replace: bool) -> int:
-    target = getattr(catalogue, kind)
-    key = (item.domain, item.key)
-    if key in target and not replace:
-        return _fail(f"{_SINGULAR[kind]} {item.key} exists already in domain {item.domain!r}; "
-                     "a change is a new version (or use --replace)")
-    target[key] = item
-    problems = catalogue.problems()
-    if problems:
-        return _fail(problems[0])
+_SINGULAR = {"policies": "policy", "modules": "module", "templates": "template"}
+
+
+def _store_version(gateway, domain_name: str, kind: str, build: Any, replace: bool) -> int:
+    """Build the new version against the stored catalogue, check it and store it, in one unit."""
     service = _service(gateway)
-    with service.store.transaction(write=True) as unit:
-        getattr(unit, f"put_{kind}")([item])
-    service.catalogues.reload()
+
+    def change(unit) -> Any:
+        catalogue = read_catalogue(unit[CONSENTS])
+        domain = catalogue.domain(domain_name)
+        if domain is None:
+            raise ValueError(f"unknown consent domain {domain_name!r}")
+        item = build(domain)
+        target = getattr(catalogue, kind)
+        if (item.domain, item.key) in target and not replace:
+            raise ValueError(f"{_SINGULAR[kind]} {item.key} exists already in domain {item.domain!r}; "
+                             "a change is a new version (or use --replace)")
+        target[(item.domain, item.key)] = item
+        problems = catalogue.problems()
+        if problems:
+            raise ValueError(problems[0])
+        unit[CONSENTS].put_versions([item])
+        unit.after_commit(service.forget)
+        return item
+
+    item = gateway.repository.write(change)
     print(f"stored {item.key} in domain {item.domain!r}")
     return 0
 
 
-_SINGULAR = {"policies": "policy", "modules": "module", "templates": "template"}
-
-
-def _domain_of(gateway, name: str):
-    catalogue = _service(gateway).catalogues.reload()
-    return catalogue, catalogue.domain(name)
-
-
 def create_domain(args: argparse.Namespace, gateway) -> int:
-    catalogue, existing = _domain_of(gateway, args.name)
-    if existing is not None and not args.replace:
-        return _fail(f"consent domain {args.name!r} exists already")
     settings = {"name": args.name, "label": args.label or args.name, "description": args.description,
                 "signer_id_types": args.signer_id_types}
     if args.policy_system:
         settings["policy_system"] = args.policy_system
     domain = domain_from_settings(settings)
     service = _service(gateway)
-    with service.store.transaction(write=True) as unit:
-        unit.put_domains([domain])
-    service.catalogues.reload()
+
+    def change(unit) -> None:
+        if read_catalogue(unit[CONSENTS]).domain(args.name) is not None and not args.replace:
+            raise ValueError(f"consent domain {args.name!r} exists already")
+        unit[CONSENTS].put_domains([domain])
+        unit.after_commit(service.forget)
+
+    gateway.repository.write(change)
     print(f"stored consent domain {args.name!r}")
     return 0
 
 
 def create_policy(args: argparse.Namespace, gateway) -> int:
-    catalogue, domain = _domain_of(gateway, args.domain)
-    if domain is None:
-        return _fail(f"unknown consent domain {args.domain!r}")
     settings: dict[str, Any] = {"name": args.name, "version": args.version, "label": args.label,
                                 "description": args.description, "codes": args.code}
     if args.system:
         settings["system"] = args.system
-    return _store_new(gateway, catalogue, "policies", policy_from_settings(settings, domain), args.replace)
+    return _store_version(gateway, args.domain, "policies", lambda d: policy_from_settings(settings, d), args.replace)
 
 
 def create_module(args: argparse.Namespace, gateway) -> int:
-    catalogue, domain = _domain_of(gateway, args.domain)
-    if domain is None:
-        return _fail(f"unknown consent domain {args.domain!r}")
     policies: list[Any] = []
     for text in args.policy:
         reference, _, duration = text.partition("@")
         policies.append({"policy": reference, "expires_after": duration} if duration else reference)
-    module = module_from_settings({"name": args.name, "version": args.version, "label": args.label,
-                                   "text": args.text, "policies": policies}, domain)
-    return _store_new(gateway, catalogue, "modules", module, args.replace)
+    settings = {"name": args.name, "version": args.version, "label": args.label, "text": args.text,
+                "policies": policies}
+    return _store_version(gateway, args.domain, "modules", lambda d: module_from_settings(settings, d), args.replace)
 
 
 def create_template(args: argparse.Namespace, gateway) -> int:
-    catalogue, domain = _domain_of(gateway, args.domain)
-    if domain is None:
-        return _fail(f"unknown consent domain {args.domain!r}")
     modules = [{"module": text.rstrip("!"), "mandatory": text.endswith("!")} for text in args.module]
     settings: dict[str, Any] = {"name": args.name, "version": args.version, "type": args.type,
                                 "label": args.label, "title": args.title, "description": args.description,
                                 "modules": modules}
     if args.expires_after:
         settings["expires_after"] = args.expires_after
-    return _store_new(gateway, catalogue, "templates", template_from_settings(settings, domain), args.replace)
+    return _store_version(gateway, args.domain, "templates", lambda d: template_from_settings(settings, d),
+                          args.replace)
 
 
 def import_catalogue(args: argparse.Namespace, gateway) -> int:
-    stored = _service(gateway).catalogues.reload()
     try:
         section = tomllib.loads(args.file.read_text(encoding="utf-8")).get("gics", {})
-        imported = Catalogue.from_settings(section, known=stored)
     except (OSError, tomllib.TOMLDecodeError) as error:
-        return _fail(f"{args.file}: {error}")
-    _service(gateway).put_catalogue(imported)
+        raise ValueError(f"{args.file}: {error}") from None
+    service = _service(gateway)
+
+    def change(unit) -> Catalogue:
+        imported = Catalogue.from_settings(section, known=read_catalogue(unit[CONSENTS]))
+        service.store_catalogue(unit, imported)
+        return imported
+
+    imported = gateway.repository.write(change)
     print(f"stored {len(imported.domains)} domains, {len(imported.policies)} policies, "
           f"{len(imported.modules)} modules, {len(imported.templates)} templates")
     return 0
 
 
 def add_consent(args: argparse.Namespace, gateway) -> int:
+    """Run `$addConsent` as a request would: bound and checked by its declaration, written in
+    one unit, audited as done by the admin command line."""
+    from ttp_gateway.core.execution import Executor
     from ttp_gateway.core.operations import bind
 
-    from .operations import ENDPOINT, GicsOperations
+    from .operations import GicsOperations
 
     try:
         resource = orjson.loads(args.file.read_bytes())
     except (OSError, orjson.JSONDecodeError) as error:
-        return _fail(f"{args.file}: {error}")
+        raise ValueError(f"{args.file}: {error}") from None
     if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
-        return _fail("the file must hold an $addConsent Parameters resource")
+        raise ValueError("the file must hold an $addConsent Parameters resource")
     operation = next(op for op in GicsOperations().declarations() if op.name == "addConsent")
-    assert operation.endpoint == ENDPOINT
     call = Call(gateway, operation, bind(operation.parameters, resource.get("parameter", [])), ADMIN)
-    answer = operation.handler(call)
-    consent = next(e["resource"] for e in answer["entry"] if e["resource"]["resourceType"] == "Consent")
+    answer = Executor(gateway.repository, gateway.limits.max_answer_bytes).run(operation, call, "json")
+    bundle = orjson.loads(answer.content)
+    if answer.status >= 400:
+        raise ValueError("; ".join(issue.get("diagnostics", "") for issue in bundle.get("issue", [])))
+    consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
     print(f"recorded consent {consent['id']}")
     return 0
 
 
 def count_consents(args: argparse.Namespace, gateway) -> int:
-    service = _service(gateway)
-    catalogue = service.catalogues.reload()
-    if catalogue.domain(args.domain) is None:
-        return _fail(f"unknown consent domain {args.domain!r}")
-    with service.store.transaction() as unit:
-        print(unit.count_consents(args.domain))
+    with gateway.repository.read() as unit:
+        if read_catalogue(unit[CONSENTS]).domain(args.domain) is None:
+            raise ValueError(f"unknown consent domain {args.domain!r}")
+        print(unit[CONSENTS].count_consents(args.domain))
     return 0
-

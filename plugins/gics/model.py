@@ -18,6 +18,7 @@ and says what is wrong with it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -211,6 +212,15 @@ class Expiry:
             on = on.date()
         return cls(after=duration, on=on)
 
+    def settings(self) -> dict[str, str]:
+        """As `expires_after` / `expires_on` settings."""
+        found = {}
+        if self.after is not None:
+            found["expires_after"] = str(self.after)
+        if self.on is not None:
+            found["expires_on"] = self.on.isoformat()
+        return found
+
     def properties(self) -> list[tuple[str, str]]:
         """As the guide's ExpirationProperty key/value pairs."""
         found = []
@@ -383,9 +393,11 @@ class Catalogue:
         return found
 
     @classmethod
-    def from_settings(cls, section: Mapping[str, Any], known: "Catalogue | None" = None) -> "Catalogue":
+    def from_settings(cls, section: Mapping[str, Any], known: "Catalogue | None" = None,
+                      check: bool = True) -> "Catalogue":
         """The catalogue a `[gics]` section declares; ValueError names the first problem. Its
-        references may also point into `known` (what storage holds already)."""
+        references may also point into `known` (what storage holds already). Without `check`,
+        references that point nowhere are let pass (a stored catalogue is read as it is)."""
         catalogue = cls()
         for settings in _tables(section, "domains"):
             domain = domain_from_settings(settings)
@@ -406,7 +418,7 @@ class Catalogue:
                     raise ValueError(f"[[gics.{kind}]] {item.key} of domain {item.domain!r} is "
                                      "configured twice")
                 target[(item.domain, item.key)] = item
-        problems = (catalogue.merged_into(known) if known else catalogue).problems()
+        problems = (catalogue.merged_into(known) if known else catalogue).problems() if check else []
         if problems:
             raise ValueError(problems[0])
         return catalogue
@@ -415,6 +427,33 @@ class Catalogue:
         """`base` with this catalogue's objects added or replacing base's."""
         return Catalogue({**base.domains, **self.domains}, {**base.policies, **self.policies},
                          {**base.modules, **self.modules}, {**base.templates, **self.templates})
+
+
+def catalogue_settings(item: "ConsentDomain | Policy | Module | Template") -> dict[str, Any]:
+    """The settings a catalogue object is read back from (`*_from_settings`), as a store keeps
+    it: the same keys as its `[gics]` table."""
+    if isinstance(item, ConsentDomain):
+        settings: dict[str, Any] = {
+            "name": item.name, "label": item.label, "description": item.description,
+            "signer_id_types": list(item.signer_id_types), "policy_system": item.policy_system,
+            "policy_version_format": item.policy_version_format,
+            "module_version_format": item.module_version_format,
+            "template_version_format": item.template_version_format, "properties": dict(item.properties)}
+        if item.valid_from is not None:
+            settings["valid_from"] = item.valid_from.isoformat()
+        return settings
+    common = {"domain": item.domain, "name": item.name, "version": item.version, "label": item.label,
+              "properties": dict(item.properties)}
+    if isinstance(item, Policy):
+        return {**common, "description": item.description, "system": item.system,
+                "codes": [f"{c.system}|{c.code}" for c in item.codes]}
+    if isinstance(item, Module):
+        return {**common, "text": item.text,
+                "policies": [{"policy": str(e.policy), **(e.expiry.settings() if e.expiry else {})}
+                             for e in item.policies]}
+    return {**common, "type": item.type.value, "title": item.title, "description": item.description,
+            "modules": [{"module": str(m.module), "mandatory": m.mandatory} for m in item.modules],
+            "signatures": list(item.signatures), **(item.expiry.settings() if item.expiry else {})}
 
 
 def _tables(section: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -600,10 +639,35 @@ class SignedConsent:
         """The signer ids in a canonical order, as one string (a unique key's part)."""
         return "\n".join(sorted(str(s) for s in self.signer_ids))
 
+    @property
+    def fingerprint(self) -> str:
+        """The consent's unique key as a fixed-length digest: one consent per domain, template
+        version, signer ids and moment of signing."""
+        key = "\x1f".join((self.domain, self.template.name, self.template.version, self.person_key,
+                            str(to_millis(self.date))))
+        return hashlib.sha256(key.encode()).hexdigest()
+
     def order(self) -> tuple:
         """Newer consents sort after older ones: by date, then template version, then the
         moment they were recorded."""
         return (self.date, version_order(self.template.version), self.recorded, self.seq)
+
+
+def to_millis(moment: datetime) -> int:
+    """Milliseconds since the epoch, as stores keep moments."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def from_millis(millis: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
+def whole_millis(moment: datetime) -> datetime:
+    """The moment as precise as stores keep it."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def sign(template: Template, catalogue: Catalogue, answers: Mapping[Key, ConsentStatus],

@@ -5,9 +5,14 @@ or policy named once for the whole request that does not exist fails it with 404
 whose identifiers are not signer ids of the domain with 422; a QuestionnaireResponse that does
 not fit its template with 400.
 
-`$allConsentsForDomain` and `$allConsentsForTemplate` page with `_count` (default 100) and
-`_offset` (default 0), given in the URL's query as the reference gateway takes them; the answer
-carries `total` and `self`/`next`/`previous` links. A page reads only its own consents.
+`$allConsentsForDomain` and `$allConsentsForTemplate` page with `_count` (default 100, at most
+1000) and `_offset` (default 0), given in the URL's query as the reference gateway takes them
+(also beside a POST body, as fts-next sends them); the answer carries `total` and `self`/`next`/
+`previous` links that repeat the operation's parameters, so that they can be followed with GET.
+A page reads only its own consents and those of their persons.
+
+Handlers read in `call.reading()` and write in `call.writing()`; a handler may run again when
+the store was busy, so nothing else is changed on the way (the audit is the core's to write).
 """
 
 from __future__ import annotations
@@ -21,12 +26,11 @@ from ttp_gateway.core.operations import Operation, Param
 
 from . import resources as fr
 from .model import Catalogue, ConsentDomain, Key, SignerId, parse_moment, signer_ids_of
-from .service import ConsentService, revoked_grants, opt_out_answers
+from .service import GICS, ConsentService, opt_out_answers, revoked_grants
 from .states import all_states, current_consent, current_states, decides, is_consented
-from .store import ConsentStore
+from .store import CONSENTS
 
 ENDPOINT = "gics"
-SERVICE = "gics"
 CANONICAL = "https://ths-greifswald.de/fhir/OperationDefinition/gics"
 SCOPE = "consent-domains"
 DEFAULT_PAGE = 100
@@ -36,18 +40,16 @@ SIGNERS_BATCH = 1000
 
 
 def _service(call: Call) -> ConsentService:
-    return call.gateway.service(SERVICE)
-
-
-def _store(call: Call) -> ConsentStore:
-    """The one place the operations get their store from."""
-    return _service(call).store
+    return call.gateway.service(GICS)
 
 
 # --- reading parameters ---------------------------------------------------------------------
 
 def _profile(call: Call) -> str:
     given = call.args.get("_profile")
+    if given is None:  # a GET invocation names it in the query
+        values = call.query.get("_profile") or []
+        given = values[-1] if values else None
     if given is None:
         return fr.PROFILE_GICS
     profile = given.split("|", 1)[0]
@@ -66,31 +68,26 @@ def _person(call: Call, domain: ConsentDomain) -> list[SignerId]:
     return found
 
 
-def _paging(call: Call) -> tuple[int, int]:
-    """`_count` and `_offset` from the request URL's query."""
-    query: Mapping[str, Any] = getattr(call, "query", None) or {}
+def paging(query: Mapping[str, Sequence[str]]) -> tuple[int, int]:
+    """`_count` and `_offset` of a URL's query (the last value of each counts)."""
     values = {}
     for name, default in (("_count", DEFAULT_PAGE), ("_offset", 0)):
-        raw = query.get(name)
-        if isinstance(raw, list):
-            raw = raw[-1] if raw else None
-        if raw is None:
+        given = query.get(name) or []
+        if not given:
             values[name] = default
             continue
-        text = str(raw).strip()
-        if not text.isdigit() or len(text) > 9:
+        text = str(given[-1]).strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
             raise InvalidRequest(f"'{name}' must be a non-negative integer")
         values[name] = int(text)
-    count = min(values["_count"], MAX_PAGE)
-    return count, values["_offset"]
+    return min(values["_count"], MAX_PAGE), values["_offset"]
 
 
 def _links(call: Call, operation: str, params: Mapping[str, str], count: int, offset: int,
            total: int) -> list[dict]:
-    """Links of a page: relative to the server, naming the operation's own parameters too, so
-    that a core that serves the operation by GET can follow them."""
-    url = f"{call.gateway.config.server.base_path}/{ENDPOINT}/${operation}"
-    return fr.page_links(url, list(params.items()), count, offset, total)
+    """Links of a page, naming the operation's own parameters too, so that they can be followed
+    with GET."""
+    return fr.page_links(f"{call.base_url}/${operation}", list(params.items()), count, offset, total)
 
 
 def _policy_keys(catalogue: Catalogue, domain: str, coding: Mapping[str, Any], version: str,
@@ -117,14 +114,15 @@ def _persons_label(signer_ids: Sequence[SignerId]) -> list[str]:
 class GicsOperations:
     def add_consent(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
         profile = _profile(call)
-        signer_ids = self._patient(call.args["patient"], domain)
         response = call.args["questionnaireResponse"]
-        template_domain, key = fr.parse_composed_canonical(response.get("questionnaire"))
-        if template_domain != domain.name:
-            raise InvalidRequest("the questionnaire belongs to another domain than 'domain'")
-        catalogue, template = service.template(domain.name, key)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = self._patient(call.args["patient"], domain)
+            template_domain, key = fr.parse_composed_canonical(response.get("questionnaire"))
+            if template_domain != domain.name:
+                raise InvalidRequest("the questionnaire belongs to another domain than 'domain'")
+            catalogue, template = service.template(unit, domain.name, key)
         answers, problems = fr.answers_of(response, template)
         if problems:
             raise InvalidRequest("questionnaireResponse: " + problems[0])
@@ -136,9 +134,10 @@ class GicsOperations:
         consent = service.signed_consent(catalogue, template, signer_ids, signed_at, answers, {
             "questionnaireResponse": response, "patient": call.args["patient"],
             "provenance": call.args["provenance"], "documentReference": documents})
-        with _store(call).transaction(write=True) as unit:
-            stored = service.record(unit, consent)
-            persons = unit.consents_of_persons(domain.name, sorted(signer_ids))
+        with call.writing() as unit:
+            store = unit[CONSENTS]
+            stored = service.record(store, consent)
+            persons = store.consents_of_persons(domain.name, sorted(signer_ids))
         call.audit("add-consent", domain=domain.name, template=str(template.key), consent=stored.id,
                    persons=_persons_label(signer_ids))
         given = fr.given_resources(stored, catalogue, service.zone)
@@ -150,59 +149,61 @@ class GicsOperations:
 
     def add_consent_opt_out(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        signer_ids = self._patient(call.args["patient"], domain)
-        template_domain, key = fr.parse_composed_canonical(call.args["questionnaire"])
-        if template_domain != domain.name:
-            raise InvalidRequest("the questionnaire belongs to another domain than 'domain'")
-        catalogue, template = service.template(domain.name, key)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = self._patient(call.args["patient"], domain)
+            template_domain, key = fr.parse_composed_canonical(call.args["questionnaire"])
+            if template_domain != domain.name:
+                raise InvalidRequest("the questionnaire belongs to another domain than 'domain'")
+            catalogue, template = service.template(unit, domain.name, key)
         now = call.now()
         answers = opt_out_answers(template)
         response = fr.form_response(template, answers, now, service.zone)
         consent = service.signed_consent(catalogue, template, signer_ids, now, answers, {
             "questionnaireResponse": response, "patient": call.args["patient"]})
-        with _store(call).transaction(write=True) as unit:
-            stored = service.record(unit, consent)
+        with call.writing() as unit:
+            stored = service.record(unit[CONSENTS], consent)
         call.audit("add-consent-opt-out", domain=domain.name, template=str(template.key), consent=stored.id,
                    persons=_persons_label(signer_ids))
         return fr.collection([fr.document_consent(stored, catalogue, service.zone)])
 
     def all_consents_for_domain(self, call: Call) -> dict:
-        service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        return self._consent_pages(call, service, catalogue, domain, None, "allConsentsForDomain",
-                                   {"domain": domain.name})
+        return self._consent_pages(call, "allConsentsForDomain", None)
 
     def all_consents_for_template(self, call: Call) -> dict:
-        service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        key = fr.parse_template_identifier(call.args["template"], domain.name)
-        catalogue, template = service.template(domain.name, key)
-        return self._consent_pages(call, service, catalogue, domain, template.key, "allConsentsForTemplate",
-                                   {"domain": domain.name, "template": call.args["template"]})
+        return self._consent_pages(call, "allConsentsForTemplate", call.args["template"])
 
-    def _consent_pages(self, call: Call, service: ConsentService, catalogue: Catalogue, domain: ConsentDomain,
-                       template: Key | None, operation: str, params: dict[str, str]) -> dict:
+    def _consent_pages(self, call: Call, operation: str, template_identifier: str | None) -> dict:
+        service = _service(call)
         profile = _profile(call)
-        count, offset = _paging(call)
-        with _store(call).transaction() as unit:
-            total = unit.count_consents(domain.name, template)
-            page = unit.consents_page(domain.name, offset=offset, limit=count, template=template) if count else []
+        count, offset = paging(call.query)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            params = {"domain": domain.name}
+            template: Key | None = None
+            if template_identifier is not None:
+                key = fr.parse_template_identifier(template_identifier, domain.name)
+                catalogue, found = service.template(unit, domain.name, key)
+                template, params["template"] = found.key, template_identifier
+            store = unit[CONSENTS]
+            total = store.count_consents(domain.name, template)
+            page = store.consents_page(domain.name, offset=offset, limit=count, template=template) \
+                if count and offset < total else []
             signers = sorted({s for c in page for s in c.signer_ids})
-            persons = unit.consents_of_persons(domain.name, signers) if signers else []
+            persons = store.consents_of_persons(domain.name, signers) if signers else []
         call.audit(operation, domain=domain.name, consents=len(page), offset=offset)
-        if call.args.get("_profile"):
-            params = {**params, "_profile": profile}
+        if profile != fr.PROFILE_GICS:
+            params["_profile"] = profile
         bundles = [fr.consent_bundle(c, catalogue, service.zone, profile, revoked_grants(c, persons)) for c in page]
         return fr.collection(bundles, total=total, links=_links(call, operation, params, count, offset, total))
 
     def all_consents_for_person(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
         profile = _profile(call)
-        signer_ids = _person(call, domain)
-        with _store(call).transaction() as unit:
-            consents = unit.consents_of_persons(domain.name, signer_ids, resources=True)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = _person(call, domain)
+            consents = unit[CONSENTS].consents_of_persons(domain.name, signer_ids, resources=True)
         call.audit("allConsentsForPerson", domain=domain.name, persons=_persons_label(signer_ids),
                    consents=len(consents))
         bundles = [fr.consent_bundle(c, catalogue, service.zone, profile, revoked_grants(c, consents))
@@ -211,15 +212,15 @@ class GicsOperations:
 
     def current_consent_for_person_and_template(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
         profile = _profile(call)
-        signer_ids = _person(call, domain)
-        key = fr.parse_template_identifier(call.args["template"], domain.name)
         ignore_version = bool(call.args["ignore-version-number"])
-        if not ignore_version:
-            catalogue, _ = service.template(domain.name, key)
-        with _store(call).transaction() as unit:
-            consents = unit.consents_of_persons(domain.name, signer_ids, resources=True)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = _person(call, domain)
+            key = fr.parse_template_identifier(call.args["template"], domain.name)
+            if not ignore_version:
+                catalogue, _ = service.template(unit, domain.name, key)
+            consents = unit[CONSENTS].consents_of_persons(domain.name, signer_ids, resources=True)
         current = current_consent(consents, signer_ids, key, ignore_version)
         call.audit("currentConsentForPersonAndTemplate", domain=domain.name, persons=_persons_label(signer_ids),
                    consents=int(current is not None))
@@ -230,10 +231,10 @@ class GicsOperations:
 
     def all_policy_states_for_person(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        signer_ids = _person(call, domain)
-        with _store(call).transaction() as unit:
-            consents = unit.consents_of_persons(domain.name, signer_ids)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = _person(call, domain)
+            consents = unit[CONSENTS].consents_of_persons(domain.name, signer_ids)
         states = all_states(consents, signer_ids, call.now())
         call.audit("allPolicyStatesForPerson", domain=domain.name, persons=_persons_label(signer_ids),
                    policies=len(states))
@@ -243,12 +244,12 @@ class GicsOperations:
 
     def current_policy_states_for_person(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        signer_ids = _person(call, domain)
         config = fr.check_config(call.args["config"])
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = _person(call, domain)
+            consents = unit[CONSENTS].consents_of_persons(domain.name, signer_ids)
         at = config.moment(call.now(), service.zone)
-        with _store(call).transaction() as unit:
-            consents = unit.consents_of_persons(domain.name, signer_ids)
         states = current_states(consents, signer_ids, at, config)
         call.audit("currentPolicyStatesForPerson", domain=domain.name, persons=_persons_label(signer_ids),
                    policies=len(states))
@@ -258,13 +259,14 @@ class GicsOperations:
 
     def is_consented(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        signer_ids = _person(call, domain)
         config = fr.check_config(call.args["config"])
-        keys = _policy_keys(catalogue, domain.name, call.args["policy"], call.args["version"], config.ignore_version)
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            signer_ids = _person(call, domain)
+            keys = _policy_keys(catalogue, domain.name, call.args["policy"], call.args["version"],
+                                config.ignore_version)
+            consents = unit[CONSENTS].consents_of_persons(domain.name, signer_ids)
         at = config.moment(call.now(), service.zone)
-        with _store(call).transaction() as unit:
-            consents = unit.consents_of_persons(domain.name, signer_ids)
         consented = any(is_consented(consents, signer_ids, key, at, config) for key in keys)
         call.audit("isConsented", domain=domain.name, persons=_persons_label(signer_ids),
                    policy=",".join(str(k) for k in keys))
@@ -272,23 +274,25 @@ class GicsOperations:
 
     def get_all_consented_ids_for(self, call: Call) -> dict:
         service = _service(call)
-        catalogue, domain = service.domain(call.args["domain"])
-        id_type = call.args["signerIdTypeName"]
-        if id_type not in domain.signer_id_types:
-            raise NotFound(f"{id_type!r} is not a signer id type of consent domain {domain.name!r}")
         config = fr.check_config(call.args["config"])
-        keys = _policy_keys(catalogue, domain.name, call.args["policy"], call.args["version"], config.ignore_version)
-        at = config.moment(call.now(), service.zone)
+        id_type = call.args["signerIdTypeName"]
         consented: list[str] = []
-        after = ""
-        with _store(call).transaction() as unit:
+        with call.reading() as unit:
+            catalogue, domain = service.domain(unit, call.args["domain"])
+            if id_type not in domain.signer_id_types:
+                raise NotFound(f"{id_type!r} is not a signer id type of consent domain {domain.name!r}")
+            keys = _policy_keys(catalogue, domain.name, call.args["policy"], call.args["version"],
+                                config.ignore_version)
+            at = config.moment(call.now(), service.zone)
+            store = unit[CONSENTS]
+            after = ""
             while True:
-                page = unit.signers_page(domain.name, id_type, after=after, limit=SIGNERS_BATCH)
+                page = store.signers_page(domain.name, id_type, after=after, limit=SIGNERS_BATCH)
                 for value, consents in page:
                     asked = [SignerId(id_type, value)]
                     if any(is_consented(consents, asked, key, at, config) for key in keys):
                         consented.append(value)
-                if len(page) < SIGNERS_BATCH:
+                if not page:
                     break
                 after = page[-1][0]
         call.audit("getAllConsentedIdsFor", domain=domain.name, signer_id_type=id_type,

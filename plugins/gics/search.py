@@ -1,9 +1,9 @@
 """FHIR searches of the gICS endpoint: `GET [base]/Consent?...` and the catalogue's
 `GET [base]/ResearchStudy`, `[base]/Questionnaire`, `[base]/ActivityDefinition`.
 
-A search is a plain function of the query parameters (name -> list of values, as the URL gave
-them) that answers a `searchset` Bundle; the route that calls it authenticates the client and
-passes it in, so that a key scoped to some consent domains sees only those.
+Each is a `Search` the core routes to (`ttp_searches`): the handler gets the query parameters
+(name -> list of values, as the URL gave them) as `call.args` and answers a `searchset` Bundle;
+a caller scoped to some consent domains sees only those, and naming another is refused (401).
 
 Consent search parameters (all AND-linked):
 
@@ -28,22 +28,28 @@ carries `total` and `self`, `next` and `previous` links.
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ttp_gateway.core.auth import Client
 from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated
+from ttp_gateway.core.gateway import Call
+from ttp_gateway.core.operations import Search
 
 from . import resources as fr
 from .model import OPEN_END, SIGNER_ID_SYSTEM_PREFIX, Catalogue, SignerId
-from .operations import DEFAULT_PAGE, MAX_PAGE, SCOPE
-from .service import ConsentService, revoked_grants
+from .operations import ENDPOINT, SCOPE, paging
+from .service import GICS, ConsentService, revoked_grants
 from .states import current_states, decides, effective_status
-from .store import PolicyFilter
+from .store import CONSENTS, DATE_PREFIXES, ConsentStore, PolicyFilter
 
 RESULT_TYPES = ("policy", "document", "consent-status")
-_PREFIXES = ("eq", "ne", "gt", "ge", "lt", "le", "sa", "eb")
+CONSENT_PARAMETERS = ("domain", "domain:identifier", "patient.identifier", "patient:identifier", "category",
+                      "mii-provision-provision-code", "provisionCode", "mii-provision-provision-type",
+                      "provisionType", "mii-provision-provision-code-type", "mii-provision-provision-period",
+                      "provisionPeriod", "mii-provision-provision-code-period", "_revinclude", "_count", "_offset")
+# Control parameters the core handles or that change nothing here.
 _IGNORED = {"_format", "_pretty", "_summary", "_elements", "_sort", "_total", "mii-policy-uri"}
-Audit = Callable[..., None]
+MAX_PERIODS = 8
 
 
 def _one(query: Mapping[str, Sequence[str]], *names: str) -> str | None:
@@ -64,22 +70,9 @@ def _token(text: str) -> tuple[str | None, str]:
     return (system or None) if sep else None, code
 
 
-def _page(query: Mapping[str, Sequence[str]]) -> tuple[int, int]:
-    values = []
-    for name, default in (("_count", DEFAULT_PAGE), ("_offset", 0)):
-        text = _one(query, name)
-        if text is None:
-            values.append(default)
-        elif text.isdigit() and len(text) <= 9:
-            values.append(int(text))
-        else:
-            raise InvalidRequest(f"'{name}' must be a non-negative integer")
-    return min(values[0], MAX_PAGE), values[1]
-
-
 def _date_range(text: str, zone: tzinfo) -> tuple[str, datetime, datetime]:
-    prefix = text[:2] if text[:2] in _PREFIXES else "eq"
-    value = text[2:] if text[:2] in _PREFIXES else text
+    prefix = text[:2] if text[:2] in DATE_PREFIXES else "eq"
+    value = text[2:] if text[:2] in DATE_PREFIXES else text
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
@@ -93,13 +86,12 @@ def _date_range(text: str, zone: tzinfo) -> tuple[str, datetime, datetime]:
     return prefix, moment, moment + timedelta(seconds=1)
 
 
-def _domains(query: Mapping[str, Sequence[str]], catalogue: Catalogue, client: Client) -> list[str]:
+def _domains(named: str | None, catalogue: Catalogue, client: Client) -> list[str]:
     """The domains a search covers: the one asked for, or every one the client may use."""
-    named = _one(query, "domain:identifier", "domain")
     if named is not None:
         name = named.rpartition("|")[2]
         if not client.may_use(SCOPE, name):
-            raise NotAuthenticated(f"this API key may not use consent-domain {name!r}")
+            raise NotAuthenticated("this caller may not use the consent-domain it named")
         return [name] if catalogue.domain(name) is not None else []
     return [d for d in sorted(catalogue.domains) if client.may_use(SCOPE, d)]
 
@@ -108,13 +100,19 @@ def _searchset(entries: list[dict], total: int, links: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
 
 
-def search_consents(query: Mapping[str, Sequence[str]], service: ConsentService, base: str,
-                    client: Client, audit: Audit) -> dict:
+def _service(call: Call) -> ConsentService:
+    return call.gateway.service(GICS)
+
+
+# --- Consent --------------------------------------------------------------------------------------
+
+def search_consents(call: Call) -> dict:
     """`GET [base]/Consent?...` as a searchset Bundle."""
-    catalogue = service.catalogues.fresher()
-    zone, now = service.zone, service.clock()
-    count, offset = _page(query)
-    domains = _domains(query, catalogue, client)
+    query: Mapping[str, Sequence[str]] = call.args
+    service = _service(call)
+    zone, now = service.zone, call.now()
+    base = call.base_url
+    count, offset = paging(query)
     result_type = "policy"
     category = _one(query, "category")
     if category is not None:
@@ -127,100 +125,100 @@ def search_consents(query: Mapping[str, Sequence[str]], service: ConsentService,
         if not system or not system.startswith(SIGNER_ID_SYSTEM_PREFIX):
             raise InvalidRequest(f"patient.identifier needs a system starting with {SIGNER_ID_SYSTEM_PREFIX}")
         signer_ids.append(SignerId(system[len(SIGNER_ID_SYSTEM_PREFIX):], value))
-    names: set[str] | None = None
-    permit: bool | None = None
+    codes: list[str] = []
+    kinds: list[str] = []
     periods: list[tuple[str, datetime, datetime]] = []
-
-    def narrow(token: str) -> None:
-        nonlocal names
-        system, code = _token(token)
-        found = {p.name for d in domains for p in catalogue.find_policies(d, system, code)}
-        names = found if names is None else names & found
-
-    def want(kind: str) -> None:
-        nonlocal permit
-        if kind not in ("permit", "deny"):
-            raise InvalidRequest("the provision type must be permit or deny")
-        wanted = kind == "permit"
-        if permit is not None and permit != wanted:
-            contradictory.append(kind)
-        permit = wanted
-
-    contradictory: list[str] = []  # permit AND deny: nothing can match
-    for token in _all(query, "mii-provision-provision-code", "provisionCode"):
-        narrow(token)
-    for kind in _all(query, "mii-provision-provision-type", "provisionType"):
-        want(kind)
+    codes += _all(query, "mii-provision-provision-code", "provisionCode")
+    kinds += _all(query, "mii-provision-provision-type", "provisionType")
     for composite in _all(query, "mii-provision-provision-code-type"):
         token, sep, kind = composite.partition("$")
         if not sep:
             raise InvalidRequest("mii-provision-provision-code-type is [system|]code$permit or $deny")
-        narrow(token)
-        want(kind)
+        codes.append(token)
+        kinds.append(kind)
     for text in _all(query, "mii-provision-provision-period", "provisionPeriod"):
         periods.append(_date_range(text, zone))
     for composite in _all(query, "mii-provision-provision-code-period"):
         token, sep, when = composite.partition("$")
         if not sep:
             raise InvalidRequest("mii-provision-provision-code-period is [system|]code$[prefix]date")
-        narrow(token)
+        codes.append(token)
         periods.append(_date_range(when, zone))
+    if any(kind not in ("permit", "deny") for kind in kinds):
+        raise InvalidRequest("the provision type must be permit or deny")
+    if len(periods) > MAX_PERIODS:
+        raise InvalidRequest(f"a search may compare at most {MAX_PERIODS} dates")
+    tokens = [_token(code) for code in codes]
     revinclude = _one(query, "_revinclude")
     if revinclude not in (None, "Provenance:target"):
         raise InvalidRequest("only _revinclude=Provenance:target is supported")
+    permit = None if not kinds else kinds[0] == "permit"
+    contradictory = len(set(kinds)) > 1  # permit AND deny: nothing can match
 
     applied = [(k, v) for k, values in query.items() for v in values
                if k not in ("_count", "_offset") and k not in _IGNORED]
-    filters = [PolicyFilter(domain=d, signer_ids=tuple(signer_ids),
-                            policies=frozenset(names) if names is not None else None,
-                            permit=permit, at=now, periods=tuple(periods)) for d in domains]
     entries: list[dict] = []
     total = 0
-    if result_type == "consent-status":
-        entries, total = _consent_status(service, catalogue, filters, signer_ids, now, count, offset, base)
-    elif filters and not contradictory:
-        total, entries = _page_of(service, catalogue, filters, result_type, count, offset, base, revinclude)
-    audit("search-consent", domains=domains, result_type=result_type,
-          persons=sorted(str(s) for s in signer_ids), consents=len(entries))
+    with call.reading() as unit:
+        catalogue = service.catalogue(unit)
+        domains = _domains(_one(query, "domain:identifier", "domain"), catalogue, call.client)
+        filters = []
+        for name in domains:
+            policies = None
+            for system, code in tokens:
+                found = {p.name for p in catalogue.find_policies(name, system, code)}
+                policies = found if policies is None else policies & found
+            filters.append(PolicyFilter(domain=name, signer_ids=tuple(signer_ids),
+                                        policies=frozenset(policies) if policies is not None else None,
+                                        permit=permit, at=now, periods=tuple(periods)))
+        store = unit[CONSENTS]
+        if result_type == "consent-status":
+            entries, total = _consent_status(service, store, catalogue, filters, signer_ids, now, count, offset,
+                                             base)
+        elif filters and not contradictory:
+            total, entries = _page_of(service, store, catalogue, filters, result_type, count, offset, base,
+                                      revinclude)
+    call.audit("search-consent", domains=domains, result_type=result_type,
+               persons=sorted(str(s) for s in signer_ids), consents=len(entries))
     return _searchset(entries, total, fr.page_links(f"{base}/Consent", applied, count, offset, total))
 
 
-def _page_of(service: ConsentService, catalogue: Catalogue, filters: list[PolicyFilter], result_type: str,
-             count: int, offset: int, base: str, revinclude: str | None) -> tuple[int, list[dict]]:
+def _page_of(service: ConsentService, store: ConsentStore, catalogue: Catalogue, filters: list[PolicyFilter],
+             result_type: str, count: int, offset: int, base: str,
+             revinclude: str | None) -> tuple[int, list[dict]]:
     zone = service.zone
     entries: list[dict] = []
     total = 0
-    with service.store.transaction() as unit:
-        # Domains one after another: the page runs on into the next domain.
-        skip, room = offset, count
-        for wanted in filters:
-            if result_type == "document":
-                size = unit.count_matching_consents(wanted)
-            else:
-                size = unit.count_signed_policies(wanted)
-            total += size
-            if room <= 0 or skip >= size:
-                skip = max(0, skip - size)
-                continue
-            if result_type == "document":
-                consents = unit.matching_consents_page(wanted, offset=skip, limit=room)
-                signers = sorted({s for c in consents for s in c.signer_ids})
-                persons = unit.consents_of_persons(wanted.domain or "", signers) if signers else []
-                found = [(c, fr.document_consent(c, catalogue, zone, fr.PROFILE_MII, revoked_grants(c, persons)))
-                         for c in consents]
-            else:
-                rows = unit.signed_policies_page(wanted, offset=skip, limit=room, resources=bool(revinclude))
-                found = [(c, fr.policy_consent(c, p, _permits(p, wanted.at), catalogue, zone, "search",
-                                               fr.PROFILE_MII)) for c, p in rows]
-            for consent, resource in found:
-                entries.append({"fullUrl": f"{base}/Consent/{resource['id']}", "resource": resource,
-                                "search": {"mode": "match"}})
-                if revinclude:
-                    provenance = fr.given_resources(consent, catalogue, zone)["provenance"]
-                    entries.append({"fullUrl": f"{base}/Provenance/{provenance['id']}", "resource": provenance,
-                                    "search": {"mode": "include"}})
-            room -= len(found)
-            skip = 0
+    # Domains one after another: the page runs on into the next domain.
+    skip, room = offset, count
+    for wanted in filters:
+        if result_type == "document":
+            size = store.count_matching_consents(wanted)
+        else:
+            size = store.count_signed_policies(wanted)
+        total += size
+        if room <= 0 or skip >= size:
+            skip = max(0, skip - size)
+            continue
+        if result_type == "document":
+            consents = store.matching_consents_page(wanted, offset=skip, limit=room)
+            signers = sorted({s for c in consents for s in c.signer_ids})
+            persons = store.consents_of_persons(wanted.domain, signers) if signers else []
+            found = [(c, fr.document_consent(c, catalogue, zone, fr.PROFILE_MII, revoked_grants(c, persons)))
+                     for c in consents]
+        else:
+            rows = store.signed_policies_page(wanted, offset=skip, limit=room, resources=bool(revinclude))
+            found = [(c, fr.policy_consent(c, p, _permits(p, wanted.at), catalogue, zone, "search",
+                                           fr.PROFILE_MII)) for c, p in rows]
+        for consent, resource in found:
+            entries.append({"fullUrl": f"{base}/Consent/{resource['id']}", "resource": resource,
+                            "search": {"mode": "match"}})
+            if revinclude:
+                provenance = fr.given_resources(consent, catalogue, zone)["provenance"]
+                entries.append({"fullUrl": f"{base}/Provenance/{provenance['id']}", "resource": provenance,
+                                "search": {"mode": "include"}})
+        room -= len(found)
+        skip = 0
     return total, entries
 
 
@@ -228,56 +226,59 @@ def _permits(signed: Any, at: datetime | None) -> bool:
     return effective_status(signed, at or OPEN_END).accepting
 
 
-def _consent_status(service: ConsentService, catalogue: Catalogue, filters: list[PolicyFilter],
-                    signer_ids: list[SignerId], now: datetime, count: int, offset: int,
-                    base: str) -> tuple[list[dict], int]:
-    """One computed Consent per person asked about: the current state of each of its policies."""
+def _consent_status(service: ConsentService, store: ConsentStore, catalogue: Catalogue,
+                    filters: list[PolicyFilter], signer_ids: list[SignerId], now: datetime, count: int,
+                    offset: int, base: str) -> tuple[list[dict], int]:
+    """One computed Consent per domain for the person asked about: the current state of each
+    of its policies."""
     if not signer_ids:
         raise InvalidRequest("category consent-status needs patient.identifier")
     entries = []
-    with service.store.transaction() as unit:
-        for wanted in filters:
-            consents = unit.consents_of_persons(wanted.domain or "", list(signer_ids))
-            if not consents:
-                continue
-            states = [s for s in current_states(consents, signer_ids, now).values()
-                      if wanted.policies is None or s.policy.name in wanted.policies]
-            if wanted.permit is not None and not any(decides(s) == wanted.permit for s in states):
-                continue
-            permitted = sorted((s for s in states if decides(s)), key=lambda s: (s.policy.name, s.policy.version))
-            if not states:
-                continue
-            newest = max(consents, key=lambda c: c.order())
-            resource = fr.document_consent(newest, catalogue, service.zone, fr.PROFILE_GICS)
-            resource["id"] = fr.object_id("consent-status", newest.domain, newest.person_key, now.isoformat())
-            resource["category"][1]["coding"][0]["code"] = "consent-status"
-            resource["provision"]["provision"] = [
-                {"period": fr.period_of(s.start, s.end, service.zone),
-                 "code": fr.policy_codes(catalogue, s.consent.domain, s.signed), "type": "permit"}
-                for s in permitted]
-            if not permitted:
-                del resource["provision"]["provision"]
-            entries.append({"fullUrl": f"{base}/Consent/{resource['id']}", "resource": resource,
-                            "search": {"mode": "match"}})
+    for wanted in filters:
+        consents = store.consents_of_persons(wanted.domain, list(signer_ids))
+        if not consents:
+            continue
+        states = [s for s in current_states(consents, signer_ids, now).values()
+                  if wanted.policies is None or s.policy.name in wanted.policies]
+        if wanted.permit is not None and not any(decides(s) == wanted.permit for s in states):
+            continue
+        permitted = sorted((s for s in states if decides(s)), key=lambda s: (s.policy.name, s.policy.version))
+        if not states:
+            continue
+        newest = max(consents, key=lambda c: c.order())
+        resource = fr.document_consent(newest, catalogue, service.zone, fr.PROFILE_GICS)
+        resource["id"] = fr.object_id("consent-status", newest.domain, newest.person_key, now.isoformat())
+        resource["category"][1]["coding"][0]["code"] = "consent-status"
+        resource["provision"]["provision"] = [
+            {"period": fr.period_of(s.start, s.end, service.zone),
+             "code": fr.policy_codes(catalogue, s.consent.domain, s.signed), "type": "permit"}
+            for s in permitted]
+        if not permitted:
+            del resource["provision"]["provision"]
+        entries.append({"fullUrl": f"{base}/Consent/{resource['id']}", "resource": resource,
+                        "search": {"mode": "match"}})
     total = len(entries)
     return entries[offset:offset + count], total
 
 
 # --- the catalogue -----------------------------------------------------------------------------
 
-def search_catalogue(resource_type: str, query: Mapping[str, Sequence[str]], service: ConsentService,
-                     base: str, client: Client) -> dict:
+def search_catalogue(call: Call) -> dict:
     """`GET [base]/ResearchStudy|Questionnaire|ActivityDefinition?...` as a searchset Bundle."""
-    catalogue = service.catalogues.fresher()
-    count, offset = _page(query)
+    resource_type = call.invoked_as or call.operation.name
+    query: Mapping[str, Sequence[str]] = call.args
+    service = _service(call)
+    count, offset = paging(query)
+    with call.reading() as unit:
+        catalogue = service.catalogue(unit)
     if resource_type == "ResearchStudy":
         wanted = _one(query, "identifier")
-        domains = [d for d in _domains({}, catalogue, client)
+        domains = [d for d in _domains(None, catalogue, call.client)
                    if wanted is None or d == wanted.rpartition("|")[2]]
         resources = [fr.research_study(catalogue.domains[d]) for d in domains]
     else:
-        named = _one(query, "useContextIdentifier", "domain:identifier", "domain")
-        domains = _domains({"domain": [named]} if named else {}, catalogue, client)
+        domains = _domains(_one(query, "useContextIdentifier", "domain:identifier", "domain"), catalogue,
+                           call.client)
         version = _one(query, "version")
         if resource_type == "ActivityDefinition":
             code = _one(query, "code")
@@ -285,7 +286,7 @@ def search_catalogue(resource_type: str, query: Mapping[str, Sequence[str]], ser
             resources = [fr.activity_definition(p) for d in domains for p in catalogue.policies_of(d)
                          if (token is None or p.answers_to(system, token))
                          and (version is None or p.version == version)]
-        elif resource_type == "Questionnaire":
+        else:
             kind = _one(query, "context-type") or "TemplateFrame"
             name = _one(query, "name")
             if kind == "TemplateModule":
@@ -297,12 +298,26 @@ def search_catalogue(resource_type: str, query: Mapping[str, Sequence[str]], ser
                              if (name is None or t.name == name) and (version is None or t.version == version)]
             else:
                 raise InvalidRequest("context-type must be TemplateFrame, TemplateModule or QuestionnaireComposed")
-        else:
-            raise InvalidRequest(f"no search for {resource_type} at the gICS endpoint")
-    applied = [(k, v) for k, values in query.items() for v in values if k not in ("_count", "_offset")]
+    applied = [(k, v) for k, values in query.items() for v in values
+               if k not in ("_count", "_offset") and k not in _IGNORED]
     page = resources[offset:offset + count]
+    base = call.base_url
     entries = [{"fullUrl": f"{base}/{resource_type}/{r['id']}", "resource": r, "search": {"mode": "match"}}
                for r in page]
     return _searchset(entries, len(resources), fr.page_links(f"{base}/{resource_type}", applied, count, offset,
                                                              len(resources)))
 
+
+def searches() -> list[Search]:
+    return [
+        Search(ENDPOINT, "Consent", search_consents, CONSENT_PARAMETERS,
+               "Signed policies (category policy, the default), signed consents (document) or a person's "
+               "current states (consent-status) in the MII consent profile; paged with _count and _offset."),
+        Search(ENDPOINT, "ResearchStudy", search_catalogue, ("identifier", "_count", "_offset"),
+               "Consent domains."),
+        Search(ENDPOINT, "Questionnaire", search_catalogue,
+               ("useContextIdentifier", "context-type", "name", "version", "_count", "_offset"),
+               "Templates (TemplateFrame, QuestionnaireComposed) and modules (TemplateModule) of a domain."),
+        Search(ENDPOINT, "ActivityDefinition", search_catalogue,
+               ("useContextIdentifier", "code", "version", "_count", "_offset"), "Policies of a domain."),
+    ]

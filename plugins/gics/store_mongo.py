@@ -1,0 +1,279 @@
+"""The gICS store on MongoDB.
+
+Collections: the catalogue in `gics_domains`, `gics_policies`, `gics_modules`, `gics_templates`
+(one document per object version, its settings as `model.catalogue_settings` gives them); a
+consent in `gics_consents` with its signer ids (`signers`, "type|value", a multikey index finds a
+person's consents) and its signed policies (`policies`, each with the period a search compares);
+what it came with in `gics_consent_resources`; `gics_signer_ids` lists the signer id values of a
+domain in order, for pages over persons. `seq`, the order consents were recorded in, comes from
+a counter document that each recording unit increments: that write is also the lock that keeps
+two units from recording at once.
+
+Inside a transaction a duplicate-key error aborts the whole unit, so writes read first what is
+there and insert only the rest; a racing unit conflicts with this one on the counter and runs
+again, then reading what the other stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Sequence
+
+from pymongo import ReturnDocument
+
+from ttp_gateway.backends.base import NotFound
+from ttp_gateway.backends.mongo import MongoIndex, MongoSession
+
+from .model import (ConsentDomain, Key, Module, Policy, SignedConsent, SignedPolicy, SignerId, Template,
+                    catalogue_settings, to_millis)
+from .store import (PERMITTING, ConsentStore, PolicyFilter, consent_of, module_rows, policy_end, signer_rows)
+
+VERSIONED = {Policy: "gics_policies", Module: "gics_modules", Template: "gics_templates"}
+_VERSION_KEY = [("domain", 1), ("name", 1), ("version", 1)]
+INDEXES = {
+    "gics_domains": [MongoIndex("gics_domain_name", [("name", 1)], unique=True)],
+    **{name: [MongoIndex(f"{name}_key", _VERSION_KEY, unique=True)] for name in VERSIONED.values()},
+    "gics_consents": [
+        MongoIndex("gics_consent_seq", [("seq", 1)], unique=True),
+        MongoIndex("gics_consent_id", [("id", 1)], unique=True),
+        MongoIndex("gics_consent_fingerprint", [("fingerprint", 1)], unique=True),
+        MongoIndex("gics_consent_domain", [("domain", 1), ("seq", 1)]),
+        MongoIndex("gics_consent_template", [("domain", 1), ("template_name", 1), ("template_version", 1),
+                                             ("seq", 1)]),
+        MongoIndex("gics_consent_signers", [("domain", 1), ("signers", 1)]),
+        MongoIndex("gics_consent_policies", [("domain", 1), ("policies.name", 1), ("seq", 1)]),
+    ],
+    "gics_consent_resources": [MongoIndex("gics_consent_resources_seq", [("seq", 1)], unique=True)],
+    "gics_signer_ids": [MongoIndex("gics_signer_id_key", [("domain", 1), ("type", 1), ("value", 1), ("seq", 1)],
+                                   unique=True)],
+}
+COLLECTIONS = ("gics_counters",)
+_CONSENT_FIELDS = {"_id": 0, "seq": 1, "id": 1, "domain": 1, "template_name": 1, "template_version": 1,
+                   "template_type": 1, "signed_at": 1, "recorded_at": 1, "signer_ids": 1, "modules": 1,
+                   "policies": 1}
+
+
+class MongoConsentStore(ConsentStore):
+    def __init__(self, session: MongoSession) -> None:
+        self._session = session
+        self._domains = session.collection("gics_domains")
+        self._consents = session.collection("gics_consents")
+        self._resources = session.collection("gics_consent_resources")
+        self._signers = session.collection("gics_signer_ids")
+        self._counters = session.collection("gics_counters")
+
+    # --- the catalogue ----------------------------------------------------------------------
+    def load_catalogue(self) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+        domains = [d["settings"] for d in self._domains.find({}, {"_id": 0, "settings": 1}, sort=[("name", 1)])]
+        return (domains, *(  # type: ignore[return-value]
+            [d["settings"] for d in self._session.collection(name).find({}, {"_id": 0, "settings": 1},
+                                                                         sort=_VERSION_KEY)]
+            for name in VERSIONED.values()))
+
+    def put_domains(self, domains: Sequence[ConsentDomain]) -> list[bool]:
+        known = {d["name"] for d in self._domains.find({"name": {"$in": [d.name for d in domains]}},
+                                                       {"_id": 0, "name": 1})}
+        for item in domains:
+            self._domains.update_one({"name": item.name}, {"$set": {"settings": catalogue_settings(item)}},
+                                     upsert=True)
+        return [d.name not in known for d in domains]
+
+    def put_versions(self, items: Sequence[Policy | Module | Template]) -> list[bool]:
+        self._require({i.domain for i in items})
+        created = []
+        for item in items:
+            collection = self._session.collection(VERSIONED[type(item)])
+            key = {"domain": item.domain, "name": item.name, "version": item.version}
+            known = collection.find_one(key, {"_id": 1}) is not None
+            collection.update_one(key, {"$set": {"settings": catalogue_settings(item)}}, upsert=True)
+            created.append(not known)
+        return created
+
+    def _require(self, domains: set[str]) -> None:
+        if not domains:
+            return
+        found = {d["name"] for d in self._domains.find({"name": {"$in": sorted(domains)}}, {"_id": 0, "name": 1})}
+        if found != domains:
+            raise NotFound("a consent domain this unit refers to is not in the store")
+
+    # --- consents ---------------------------------------------------------------------------
+    def add_consents(self, consents: Sequence[SignedConsent]) -> list[SignedConsent]:
+        if not consents:
+            return []
+        fingerprints = [item.fingerprint for item in consents]
+        kept: dict[str, SignedConsent] = {}
+        for document in self._consents.find({"fingerprint": {"$in": sorted(set(fingerprints))}},
+                                             {**_CONSENT_FIELDS, "fingerprint": 1}):
+            kept[document["fingerprint"]] = _consent(document)
+        new: dict[str, SignedConsent] = {}
+        for item, fingerprint in zip(consents, fingerprints):
+            if fingerprint not in kept and fingerprint not in new:
+                new[fingerprint] = item
+        if new:
+            self._require({item.domain for item in new.values()})
+            counter = self._counters.find_one_and_update({"_id": "consents"}, {"$inc": {"value": len(new)}},
+                                                         upsert=True, return_document=ReturnDocument.AFTER)
+            first = int(counter["value"]) - len(new) + 1
+            for offset, (fingerprint, item) in enumerate(new.items()):
+                kept[fingerprint] = replace(item, seq=first + offset)
+            stored = [kept[f] for f in new]
+            self._consents.insert_many([_document(item, f) for f, item in zip(new, stored)], ordered=True)
+            self._signers.insert_many([{"domain": item.domain, "type": s.type, "value": s.value, "seq": item.seq}
+                                       for item in stored for s in sorted(item.signer_ids)], ordered=True)
+            self._resources.insert_many([{"seq": item.seq, "resources": dict(item.resources)} for item in stored],
+                                        ordered=True)
+        return [kept[f] for f in fingerprints]
+
+    def consents_of_persons(self, domain: str, signer_ids: Sequence[SignerId], *,
+                            resources: bool = False) -> list[SignedConsent]:
+        if not signer_ids:
+            return []
+        wanted = [str(s) for s in signer_ids]
+        selection = {"domain": domain, "signers": wanted[0] if len(wanted) == 1 else {"$in": wanted}}
+        return self._found(self._consents.find(selection, _CONSENT_FIELDS, sort=[("seq", 1)]), resources)
+
+    def consents_page(self, domain: str, *, offset: int = 0, limit: int, template: Key | None = None,
+                      resources: bool = True) -> list[SignedConsent]:
+        if limit <= 0:
+            return []
+        documents = self._consents.find(_of_domain(domain, template), _CONSENT_FIELDS, sort=[("seq", 1)],
+                                        skip=offset, limit=limit)
+        return self._found(documents, resources)
+
+    def count_consents(self, domain: str, template: Key | None = None) -> int:
+        return int(self._consents.count_documents(_of_domain(domain, template)))
+
+    def signers_page(self, domain: str, id_type: str, *, after: str = "",
+                     limit: int) -> list[tuple[str, list[SignedConsent]]]:
+        rows = self._signers.find({"domain": domain, "type": id_type, "value": {"$gt": after}},
+                                  {"_id": 0, "value": 1, "seq": 1}, sort=[("value", 1), ("seq", 1)], limit=limit)
+        pairs = [(d["value"], d["seq"]) for d in rows]
+        if len(pairs) == limit:  # the last value may have more consents than the page held
+            last = pairs[-1][0]
+            pairs = [p for p in pairs if p[0] != last]
+            if not pairs:  # one value with more consents than a page: all of them
+                pairs = [(last, d["seq"]) for d in self._signers.find(
+                    {"domain": domain, "type": id_type, "value": last}, {"_id": 0, "seq": 1}, sort=[("seq", 1)])]
+        consents = {c.seq: c for c in self._found(self._consents.find(
+            {"seq": {"$in": sorted({seq for _, seq in pairs})}}, _CONSENT_FIELDS), False)}
+        found: dict[str, list[SignedConsent]] = {}
+        for value, seq in pairs:
+            found.setdefault(value, []).append(consents[seq])
+        return list(found.items())
+
+    # --- search -------------------------------------------------------------------------------
+    def signed_policies_page(self, wanted: PolicyFilter, *, offset: int = 0, limit: int,
+                             resources: bool = False) -> list[tuple[SignedConsent, SignedPolicy]]:
+        if limit <= 0:
+            return []
+        rows = self._consents.aggregate([
+            *self._policy_stages(wanted),
+            {"$sort": {"seq": 1, "policies.name": 1, "policies.version": 1}},
+            {"$skip": offset}, {"$limit": limit},
+            {"$project": {"_id": 0, "seq": 1, "chosen": "$policies"}}])
+        # The unwound document holds one policy; the consent is read whole, with all of them.
+        whole = {c.seq: c for c in self._found(self._consents.find(
+            {"seq": {"$in": sorted({d["seq"] for d in rows})}}, _CONSENT_FIELDS), resources)}
+        found = []
+        for document in rows:
+            item = whole[document["seq"]]
+            chosen = document["chosen"]
+            found.append((item, next(p for p in item.policies
+                                     if p.name == chosen["name"] and p.version == chosen["version"])))
+        return found
+
+    def count_signed_policies(self, wanted: PolicyFilter) -> int:
+        counted = list(self._consents.aggregate([*self._policy_stages(wanted), {"$count": "n"}]))
+        return int(counted[0]["n"]) if counted else 0
+
+    def matching_consents_page(self, wanted: PolicyFilter, *, offset: int = 0, limit: int) -> list[SignedConsent]:
+        if limit <= 0:
+            return []
+        documents = self._consents.find(_matching(wanted), _CONSENT_FIELDS, sort=[("seq", 1)], skip=offset,
+                                        limit=limit)
+        return self._found(documents, True)
+
+    def count_matching_consents(self, wanted: PolicyFilter) -> int:
+        return int(self._consents.count_documents(_matching(wanted)))
+
+    @staticmethod
+    def _policy_stages(wanted: PolicyFilter) -> list[dict[str, Any]]:
+        on_consents = _of_consents(wanted)
+        if wanted.policies is not None:
+            on_consents["policies.name"] = {"$in": sorted(wanted.policies)}
+        return [{"$match": on_consents}, {"$unwind": "$policies"}, {"$match": _on_policies(wanted, "policies.")}]
+
+    def _found(self, documents: list[dict[str, Any]], resources: bool) -> list[SignedConsent]:
+        found = [_consent(d) for d in documents]
+        if resources and found:
+            given = {d["seq"]: d["resources"] for d in self._resources.find(
+                {"seq": {"$in": [c.seq for c in found]}}, {"_id": 0, "seq": 1, "resources": 1})}
+            found = [replace(c, resources=given.get(c.seq, {})) for c in found]
+        return found
+
+
+def _of_domain(domain: str, template: Key | None) -> dict[str, Any]:
+    selection: dict[str, Any] = {"domain": domain}
+    if template is not None:
+        selection.update(template_name=template.name, template_version=template.version)
+    return selection
+
+
+def _of_consents(wanted: PolicyFilter) -> dict[str, Any]:
+    selection = _of_domain(wanted.domain, wanted.template)
+    if wanted.signer_ids:
+        selection["signers"] = {"$in": [str(s) for s in wanted.signer_ids]}
+    return selection
+
+
+def _matching(wanted: PolicyFilter) -> dict[str, Any]:
+    selection = _of_consents(wanted)
+    if wanted.policies is not None and not wanted.policies:
+        selection["seq"] = {"$in": []}
+    elif wanted.on_policies:
+        selection["policies"] = {"$elemMatch": _on_policies(wanted, "")}
+    return selection
+
+
+def _on_policies(wanted: PolicyFilter, prefix: str) -> dict[str, Any]:
+    """The criteria on one signed policy, its fields under `prefix`."""
+    status, start, end = prefix + "status", prefix + "start", prefix + "end"
+    conditions: list[dict[str, Any]] = []
+    if wanted.policies is not None:
+        conditions.append({prefix + "name": {"$in": sorted(wanted.policies)}})
+    if wanted.permit is not None:
+        at = to_millis(wanted.at)  # type: ignore[arg-type]
+        if wanted.permit:
+            conditions.append({status: {"$in": list(PERMITTING)}, end: {"$gt": at}})
+        else:
+            conditions.append({"$or": [{status: {"$nin": list(PERMITTING)}}, {end: {"$lte": at}}]})
+    for prefix_, low_moment, high_moment in wanted.periods:
+        low, high = to_millis(low_moment), to_millis(high_moment)
+        conditions.append({
+            "eq": {start: {"$lte": low}, end: {"$gte": high}},
+            "ne": {"$or": [{start: {"$gt": low}}, {end: {"$lt": high}}]},
+            "gt": {end: {"$gt": high}}, "ge": {end: {"$gt": low}},
+            "lt": {start: {"$lt": low}}, "le": {start: {"$lt": high}},
+            "sa": {start: {"$gte": high}}, "eb": {end: {"$lte": low}}}[prefix_])
+    return {"$and": conditions} if conditions else {}
+
+
+def _document(item: SignedConsent, fingerprint: str) -> dict[str, Any]:
+    start = to_millis(item.date)
+    return {"seq": item.seq, "id": item.id, "fingerprint": fingerprint, "domain": item.domain,
+            "template_name": item.template.name, "template_version": item.template.version,
+            "template_type": item.template_type.value, "signed_at": start, "recorded_at": to_millis(item.recorded),
+            "signer_ids": signer_rows(item.signer_ids), "signers": [str(s) for s in sorted(item.signer_ids)],
+            "modules": module_rows(item),
+            "policies": [{"name": p.name, "version": p.version, "status": p.status.value,
+                          "expires": None if p.expires is None else to_millis(p.expires), "start": start,
+                          "end": policy_end(p)} for p in item.policies]}
+
+
+def _consent(document: dict[str, Any]) -> SignedConsent:
+    return consent_of(
+        seq=document["seq"], id=document["id"], domain=document["domain"], template_name=document["template_name"],
+        template_version=document["template_version"], template_type=document["template_type"],
+        signed_at=document["signed_at"], recorded_at=document["recorded_at"], signer_ids=document["signer_ids"],
+        modules=document["modules"],
+        policies=[(p["name"], p["version"], p["status"], p["expires"]) for p in document["policies"]])
