@@ -20,10 +20,14 @@ from ttp_gateway.core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "tests" / "examples" / "gics"
-DEMO = ROOT / "plugins" / "gics" / "demo.toml"
+DEMO_CONFIG = ROOT / "config" / "demo.toml"
 BASE = "/ttp-fhir/fhir/gics"
 KEY = "abcdef12345"
 NOW = datetime(2025, 6, 2, 10, 0, tzinfo=timezone.utc)
+PSEUDONYM = "https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym"
+# Keys besides the demo key: one scoped to the MII consent domain, one to num.
+SCOPED_KEYS = [{"name": "mii-only", "key": "mii-only-key", "consent-domains": ["MII"]},
+               {"name": "num-only", "key": "num-only-key", "consent-domains": ["num"]}]
 
 
 def example(name: str) -> dict:
@@ -32,7 +36,7 @@ def example(name: str) -> dict:
 
 def demo_settings(*, persons: Iterable[str] | None = None, extra_consents: Iterable[dict] = ()) -> dict:
     """The demo's [gics] section; with `persons`, only the consents of those signer ids."""
-    settings = tomllib.loads(DEMO.read_text(encoding="utf-8"))["gics"]
+    settings = tomllib.loads(DEMO_CONFIG.read_text(encoding="utf-8"))["gics"]
     if persons is not None:
         wanted = set(persons)
         settings["consents"] = [c for c in settings["consents"] if wanted & set(c["signer_ids"])]
@@ -40,17 +44,40 @@ def demo_settings(*, persons: Iterable[str] | None = None, extra_consents: Itera
     return settings
 
 
-def gateway(tmp_path: Path, gics: dict | None = None, clock: Callable[[], datetime] = lambda: NOW,
+def demo_config(storage_url: str, gics: dict | None = None, **overrides: Any):
+    """The demo configuration with this [gics] section on this store, and the scoped keys. The
+    other endpoints' demo data are left out: these tests do not use them, and seeding them would
+    cost every test (the whole demo configuration is served in the suite's other tests)."""
+    config = load_config(DEMO_CONFIG, environ={})
+    auth = {**config.data["auth"], "api_keys": [*config.data["auth"]["api_keys"], *SCOPED_KEYS]}
+    return config.with_overrides(storage={"url": storage_url}, auth=auth,
+                                 gics=gics if gics is not None else demo_settings(),
+                                 gpas={"domains": [], "pairs": []},
+                                 dispatcher={"studies": [], "persons": [], "clearings": []}, **overrides)
+
+
+def gateway(storage_url: str, gics: dict | None = None, clock: Callable[[], datetime] = lambda: NOW,
             **overrides: Any) -> TestClient:
-    """An HTTP client of a gateway on the demo configuration with this [gics] section."""
-    config = load_config(ROOT / "config" / "demo.toml", environ={}).with_overrides(
-        storage={"url": f"sqlite:///{tmp_path / 'gateway.db'}"}, gics=gics if gics is not None else demo_settings(),
-        **overrides)
-    return TestClient(create_app(config, clock=clock), headers={"apikey": KEY})
+    """An HTTP client of a gateway on the demo configuration with this [gics] section; use it
+    in a `with` block, which closes the store at its end."""
+    app = create_app(demo_config(storage_url, gics, **overrides), clock=clock)
+    return TestClient(app, headers={"apikey": KEY})
 
 
 def post(client: TestClient, operation: str, body: dict, **kwargs: Any):
     return client.post(f"{BASE}/${operation}", json=body, **kwargs)
+
+
+def person(pid: str) -> dict:
+    return {"name": "personIdentifier", "valueIdentifier": {"system": PSEUDONYM, "value": pid}}
+
+
+def count_consents(client: TestClient, domain: str = "MII") -> int:
+    """How many consents the domain holds, asked over HTTP."""
+    answer = client.post(f"{BASE}/$allConsentsForDomain?_count=0", json={
+        "resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": domain}]})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["total"]
 
 
 # --- shape ----------------------------------------------------------------------------------

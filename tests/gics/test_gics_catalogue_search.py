@@ -9,32 +9,33 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from gics_helpers import BASE, assert_shape, demo_settings, example, gateway
-from ttp_gateway.core.auth import Client
-from ttp_gateway.core.errors import InvalidRequest, NotAuthenticated
 from ttp_gateway.plugins.gics import resources as fr
 from ttp_gateway.plugins.gics.model import (Catalogue, Key, domain_from_settings, module_from_settings,
                                             policy_from_settings)
-from ttp_gateway.plugins.gics.search import search_catalogue, search_consents
 
-EVERYONE = Client(name="test")
 # What the service does not keep: creation times, gICS-internal configuration, HTML texts of
 # forms and their display-only items.
 NOT_KEPT = ("ResearchStudy.meta.extension", "ActivityDefinition.extension[https://ths-greifswald.de/fhir/"
             "StructureDefinition/gics/Created]", "Questionnaire.meta.extension", "Questionnaire.date",
             "Questionnaire.item._text", "ResearchStudy.extension[https://ths-greifswald.de/fhir/StructureDefinition/"
             "gics/ConfigurationProperties]")
-SEARCH_BASE = "http://server:8080" + BASE
+PUBLIC = "http://server:8080/ttp-fhir/fhir"
+SEARCH_BASE = PUBLIC + "/gics"
+PSEUDONYM = "https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym"
 
 
-def _service(client):
-    return client.app.state.gateway.service("gics")
+def searching(storage_url: str, gics: dict | None = None):
+    """A gateway whose links and full URLs start with a public base URL."""
+    return gateway(storage_url, gics, server={"public_base_url": PUBLIC})
 
 
-def _search(client, query: dict[str, list[str]], who: Client = EVERYONE) -> dict:
-    audited = []
-    bundle = search_consents(query, _service(client), SEARCH_BASE, who, lambda *a, **k: audited.append((a, k)))
-    assert audited, "every search is audited"
-    return bundle
+def _search(client, query: dict[str, list[str]] | str, key: str | None = None, status: int = 200,
+            resource_type: str = "Consent") -> dict:
+    url = f"{BASE}/{resource_type}" + (("?" + query) if isinstance(query, str) else "")
+    answer = client.get(url, params=None if isinstance(query, str) else query,
+                        headers={"apikey": key} if key else None)
+    assert answer.status_code == status, answer.text
+    return answer.json()
 
 
 # --- the catalogue as the guide shows it ----------------------------------------------------------
@@ -88,24 +89,42 @@ def test_module_and_templates_as_questionnaires() -> None:
     ("Questionnaire?useContextIdentifier=MII&context-type=TemplateFrame&name=Patienteneinwilligung MII",
      ["Patienteneinwilligung MII"] * 3),
     ("Questionnaire?useContextIdentifier=num&context-type=TemplateModule", ["MDAT_NUM"]),
+    ("Questionnaire?useContextIdentifier=MII&context-type=QuestionnaireComposed&name=Widerruf MII", ["Widerruf MII"]),
 ])
-def test_catalogue_searches(tmp_path, path: str, expected: list[str]) -> None:
+def test_catalogue_searches(storage_url, path: str, expected: list[str]) -> None:
+    """The catalogue as the store holds it after start-up, on every backend."""
     resource_type, _, query = path.partition("?")
-    with gateway(tmp_path) as client:
-        bundle = search_catalogue(resource_type, parse_qs(query), _service(client), SEARCH_BASE, EVERYONE)
+    with searching(storage_url) as client:
+        bundle = _search(client, parse_qs(query), resource_type=resource_type)
     assert bundle["type"] == "searchset" and bundle["total"] == len(expected)
     names = [e["resource"].get("name") or e["resource"]["identifier"][0]["value"] for e in bundle["entry"]]
     assert names == expected
+    assert all(e["fullUrl"].startswith(f"{SEARCH_BASE}/{resource_type}/") for e in bundle["entry"])
 
 
-def test_catalogue_search_sees_only_the_clients_domains(tmp_path) -> None:
-    scoped = Client(name="mii-only", scopes={"consent-domains": frozenset({"MII"})})
-    with gateway(tmp_path) as client:
-        bundle = search_catalogue("ResearchStudy", {}, _service(client), SEARCH_BASE, scoped)
+def test_catalogue_search_pages(sqlite_url) -> None:
+    with searching(sqlite_url) as client:
+        first = _search(client, {"useContextIdentifier": ["MII"], "_count": ["20"]}, resource_type="ActivityDefinition")
+        second = _search(client, parse_qs(urlsplit(first["link"][1]["url"]).query), resource_type="ActivityDefinition")
+        refused = _search(client, {"context-type": ["Everything"]}, status=400, resource_type="Questionnaire")
+    assert first["total"] == second["total"] == 34 and len(first["entry"]) == 20 and len(second["entry"]) == 14
+    assert refused["resourceType"] == "OperationOutcome"
+
+
+def test_catalogue_search_sees_only_the_clients_domains(sqlite_url) -> None:
+    with searching(sqlite_url) as client:
+        bundle = _search(client, {}, key="mii-only-key", resource_type="ResearchStudy")
         assert [e["resource"]["title"] for e in bundle["entry"]] == ["MII"]
-        with pytest.raises(NotAuthenticated):
-            search_catalogue("ActivityDefinition", {"useContextIdentifier": ["num"]}, _service(client),
-                             SEARCH_BASE, scoped)
+        _search(client, {"useContextIdentifier": ["num"]}, key="mii-only-key", status=401,
+                resource_type="ActivityDefinition")
+
+
+def test_searches_are_in_the_capability_statement(sqlite_url) -> None:
+    with searching(sqlite_url) as client:
+        statement = client.get(f"{BASE}/metadata").json()
+    types = {r["type"]: r for r in statement["rest"][0].get("resource", [])}
+    assert {"Consent", "ResearchStudy", "Questionnaire", "ActivityDefinition"} <= set(types)
+    assert "mii-provision-provision-code-type" in {p["name"] for p in types["Consent"].get("searchParam", [])}
 
 
 # --- Consent search -------------------------------------------------------------------------------
@@ -120,18 +139,18 @@ def _two_mii_consents():
         {**base, "signer_ids": ["Pseudonym|dic_1H51T"], "date": "2023-04-27"}])
 
 
-def test_search_by_policy_code_answers_one_consent_per_signed_policy(tmp_path) -> None:
-    with gateway(tmp_path, _two_mii_consents()) as client:
+def test_search_by_policy_code_answers_one_consent_per_signed_policy(storage_url) -> None:
+    with searching(storage_url, _two_mii_consents()) as client:
         bundle = _search(client, {"provisionCode": [CODE_8]})
     assert bundle["total"] == 2
     assert_shape(bundle, example("Bundle-Consent-Bundle-example-1"))
 
 
-def test_search_with_provenance(tmp_path) -> None:
-    with gateway(tmp_path, _two_mii_consents()) as client:
+def test_search_with_provenance(storage_url) -> None:
+    with searching(storage_url, _two_mii_consents()) as client:
         bundle = _search(client, {"domain:identifier": ["MII"], "provisionCode": [CODE_8],
-                                  "patient.identifier": ["https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym|"
-                                                         "dic_1H51T"], "_revinclude": ["Provenance:target"]})
+                                  "patient.identifier": [f"{PSEUDONYM}|dic_1H51T"],
+                                  "_revinclude": ["Provenance:target"]})
     assert bundle["total"] == 1
     assert [e["search"]["mode"] for e in bundle["entry"]] == ["match", "include"]
     # This example names the MII policies and the signature location under other URLs than the
@@ -141,50 +160,65 @@ def test_search_with_provenance(tmp_path) -> None:
         "Provenance.signature.extension"))
 
 
-def test_consent_status_is_the_current_permits_of_a_person(tmp_path) -> None:
-    with gateway(tmp_path, demo_settings(persons=["Pseudonym|dic_1H51T"])) as client:
+def test_consent_status_is_the_current_permits_of_a_person(storage_url) -> None:
+    with searching(storage_url, demo_settings(persons=["Pseudonym|dic_1H51T"])) as client:
         bundle = _search(client, {"domain": ["MII"], "category": [f"{fr.RESULT_TYPE}|consent-status"],
-                                  "patient.identifier": ["https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym|"
-                                                         "dic_1H51T"]})
+                                  "patient.identifier": [f"{PSEUDONYM}|dic_1H51T"]})
     assert bundle["total"] == 1
     assert_shape(bundle["entry"][0]["resource"], example("Consent-Consent-example-3"), ("Consent.meta.extension",))
 
 
-@pytest.mark.parametrize("query, total", [
+# The demo's dic_812MT signed the 1.6.d form on 2017-03-01: its 8 patient data policies accepted
+# (collecting medical data for five years: expired since), its 19 other policies declined.
+CRITERIA = [
     ({}, 27),
     ({"mii-provision-provision-type": ["permit"]}, 7),
+    ({"mii-provision-provision-type": ["deny"]}, 20),
     ({"mii-provision-provision-code-type": [f"{CODE_8}$permit"]}, 1),
     ({"mii-provision-provision-code-type": [f"{CODE_8}$deny"]}, 0),
     ({"mii-provision-provision-code": ["MDAT_erheben"], "mii-provision-provision-type": ["deny"]}, 1),
     ({"mii-provision-provision-code": ["MDAT_erheben"], "mii-provision-provision-type": ["permit"]}, 0),
+    ({"mii-provision-provision-code": ["MDAT_erheben", "IDAT_erheben"]}, 0),  # AND: no policy is both
     ({"mii-provision-provision-type": ["permit"], "provisionType": ["deny"]}, 0),
     ({"mii-provision-provision-period": ["ge2040-01-01"]}, 22),
     ({"mii-provision-provision-period": ["le2017-02-28"]}, 0),
+    ({"mii-provision-provision-period": ["le2017-03-01"]}, 27),
+    ({"mii-provision-provision-period": ["lt2017-03-01"]}, 0),
+    ({"mii-provision-provision-period": ["eb2022-03-02"]}, 5),
+    ({"mii-provision-provision-period": ["sa2017-03-01"]}, 0),
+    ({"mii-provision-provision-period": ["2020-01-01"]}, 27),
+    ({"mii-provision-provision-period": ["ne2030-01-01"]}, 5),
+    ({"mii-provision-provision-period": ["gt2022-03-01", "lt2018-01-01"]}, 22),
     ({"mii-provision-provision-code-period": [f"{CODE_8}$le2017-03-01"]}, 1),
-    ({"patient.identifier": ["https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym|someone_else"]}, 0),
+    ({"patient.identifier": [f"{PSEUDONYM}|someone_else"]}, 0),
+    ({"patient.identifier": [f"{PSEUDONYM}|dic_812MT"], "mii-provision-provision-type": ["permit"]}, 7),
     ({"category": ["document"]}, 1),
     ({"category": ["document"], "mii-provision-provision-code": ["MDAT_erheben"]}, 1),
     ({"category": ["document"], "mii-provision-provision-code": ["no_such_policy"]}, 0),
-])
-def test_search_criteria(tmp_path, query: dict, total: int) -> None:
-    """The demo's dic_812MT signed the 1.6.d form on 2017-03-01: its 8 patient data policies
-    accepted (collecting medical data for five years: expired since), its 19 other policies
-    declined."""
-    with gateway(tmp_path, demo_settings(persons=["Pseudonym|dic_812MT"])) as client:
-        bundle = _search(client, {"domain": ["MII"], **query})
-    assert bundle["total"] == total
-    assert len(bundle["entry"]) == min(total, 100)
+    ({"category": ["document"], "mii-provision-provision-type": ["permit"],
+      "mii-provision-provision-period": ["eb2022-03-02"]}, 0),
+    ({"category": ["document"], "mii-provision-provision-period": ["eb2022-03-02"]}, 1),
+]
 
 
-def test_search_pages_with_links(tmp_path) -> None:
-    with gateway(tmp_path, demo_settings(persons=["Pseudonym|dic_812MT"])) as client:
+def test_search_criteria(storage_url) -> None:
+    with searching(storage_url, demo_settings(persons=["Pseudonym|dic_812MT"])) as client:
+        for query, total in CRITERIA:
+            bundle = _search(client, {"domain": ["MII"], **query})
+            assert bundle["total"] == total, query
+            assert len(bundle["entry"]) == min(total, 100), query
+
+
+def test_search_pages_with_links(storage_url) -> None:
+    with searching(storage_url, demo_settings(persons=["Pseudonym|dic_812MT"])) as client:
         first = _search(client, {"domain:identifier": ["MII"], "_count": ["10"]})
         pages = [first]
         while any(link["relation"] == "next" for link in pages[-1]["link"]):
             url = next(link["url"] for link in pages[-1]["link"] if link["relation"] == "next")
-            pages.append(_search(client, parse_qs(urlsplit(url).query)))
+            assert url.startswith(SEARCH_BASE + "/Consent?")
+            pages.append(_search(client, url.split("?", 1)[1]))
         back_url = next(link["url"] for link in pages[-1]["link"] if link["relation"] == "previous")
-        back = _search(client, parse_qs(urlsplit(back_url).query))
+        back = _search(client, back_url.split("?", 1)[1])
     assert [len(p["entry"]) for p in pages] == [10, 10, 7]
     assert all(p["total"] == 27 for p in pages)
     ids = [e["resource"]["id"] for p in pages for e in p["entry"]]
@@ -194,21 +228,37 @@ def test_search_pages_with_links(tmp_path) -> None:
     assert first["link"][0]["url"].startswith(SEARCH_BASE + "/Consent?domain%3Aidentifier=MII")
 
 
-@pytest.mark.parametrize("query", [
+def test_search_across_domains_runs_on_into_the_next(storage_url) -> None:
+    """Without a domain every domain the caller may use is searched, one after another."""
+    with searching(storage_url, demo_settings(persons=["Pseudonym|dic_1H51T"])) as client:
+        everything = _search(client, {"_count": ["1000"]})
+        paged = [_search(client, {"_count": ["10"], "_offset": [str(offset)]})
+                 for offset in range(0, everything["total"], 10)]
+    domains = [e["resource"]["organization"][0]["display"] for e in everything["entry"]]
+    assert set(domains) == {"MII", "num"} and domains == sorted(domains)
+    assert [e["resource"]["id"] for p in paged for e in p["entry"]] == [e["resource"]["id"]
+                                                                        for e in everything["entry"]]
+
+
+MALFORMED = [
     {"_count": ["-1"]}, {"_offset": ["x"]}, {"category": ["nonsense"]},
     {"mii-provision-provision-type": ["maybe"]}, {"mii-provision-provision-period": ["ge31.12.2020"]},
     {"patient.identifier": ["http://other/system|x"]}, {"_revinclude": ["Patient:link"]},
     {"mii-provision-provision-code-type": ["no-dollar"]}, {"domain": ["MII", "num"]},
-])
-def test_search_refuses_malformed_parameters(tmp_path, query: dict) -> None:
-    with gateway(tmp_path) as client, pytest.raises(InvalidRequest):
-        _search(client, query)
+    {"mii-provision-provision-period": ["ge2020-01-01"] * 9}, {"category": ["consent-status"]},
+]
 
 
-def test_search_respects_domain_scopes(tmp_path) -> None:
-    scoped = Client(name="num-only", scopes={"consent-domains": frozenset({"num"})})
-    with gateway(tmp_path) as client:
-        with pytest.raises(NotAuthenticated):
-            _search(client, {"domain": ["MII"]}, scoped)
-        everything = _search(client, {}, scoped)
+def test_search_refuses_malformed_parameters(sqlite_url) -> None:
+    with searching(sqlite_url) as client:
+        for query in MALFORMED:
+            outcome = _search(client, query, status=400)
+            assert outcome["resourceType"] == "OperationOutcome", query
+
+
+def test_search_respects_domain_scopes(storage_url) -> None:
+    with searching(storage_url) as client:
+        _search(client, {"domain": ["MII"]}, key="num-only-key", status=401)
+        everything = _search(client, {}, key="num-only-key")
+    assert everything["total"] == 2
     assert {e["resource"]["organization"][0]["display"] for e in everything["entry"]} == {"num"}

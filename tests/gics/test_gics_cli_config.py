@@ -1,4 +1,5 @@
-"""`ttp-gateway gics ...` admin commands and the checks of the `[gics]` configuration."""
+"""`ttp-gateway gics ...` admin commands on the real store of every backend, and the checks of
+the `[gics]` configuration."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ import json
 
 import pytest
 
-from gics_helpers import DEMO, EXAMPLES, ROOT, demo_settings
+from gics_helpers import BASE, DEMO_CONFIG, EXAMPLES, demo_settings, gateway, person, post
 from ttp_gateway.core.cli import main
 from ttp_gateway.core.config import load_config
+from ttp_gateway.plugins.gics import service as gics_service
 from ttp_gateway.plugins.gics import ttp_check_config
 
 
 @pytest.fixture
-def config_file(tmp_path, monkeypatch):
-    """The demo configuration with the demo consent data, on a fresh SQLite file."""
+def config_file(tmp_path, monkeypatch, storage_url):
+    """The demo configuration on the backend under test, whose store a server has seeded once
+    (admin commands themselves do not seed)."""
+    with gateway(storage_url):
+        pass
     path = tmp_path / "gateway.toml"
-    path.write_text((ROOT / "config" / "demo.toml").read_text(encoding="utf-8") + "\n"
-                    + DEMO.read_text(encoding="utf-8"), encoding="utf-8")
-    monkeypatch.setenv("TTP_GATEWAY__STORAGE__URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    path.write_text(DEMO_CONFIG.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("TTP_GATEWAY__STORAGE__URL", storage_url)
     return str(path)
 
 
@@ -28,8 +32,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_check_config_accepts_the_demo(capsys, config_file) -> None:
-    code, out, _ = run(capsys, "check-config", "--config", config_file)
+def test_check_config_accepts_the_demo(capsys) -> None:
+    code, out, _ = run(capsys, "check-config", "--config", str(DEMO_CONFIG))
     assert code == 0, out
 
 
@@ -48,6 +52,13 @@ def test_listing(capsys, config_file) -> None:
     assert code == 1 and "unknown consent domain" in err
     code, out, _ = run(capsys, "--config", config_file, "gics", "count", "MII")
     assert (code, out.strip()) == (0, "6")
+
+
+def test_admin_commands_do_not_seed(capsys, tmp_path, monkeypatch) -> None:
+    """A set-up gateway, no start-up: on an empty store there is nothing to list."""
+    monkeypatch.setenv("TTP_GATEWAY__STORAGE__URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    code, out, _ = run(capsys, "--config", str(DEMO_CONFIG), "gics", "list")
+    assert (code, out) == (0, "")
 
 
 def test_creating_versions(capsys, config_file) -> None:
@@ -87,16 +98,42 @@ def test_import_and_add_consent(capsys, config_file, tmp_path) -> None:
     request = EXAMPLES / "Parameters-Parameters-AddConsent-request-example-1.json"
     code, out, _ = run(capsys, "--config", config_file, "gics", "add-consent", str(request))
     assert code == 0 and out.startswith("recorded consent ")
+    assert run(capsys, "--config", config_file, "gics", "count", "MII")[1].strip() == "7"
     not_parameters = tmp_path / "patient.json"
     not_parameters.write_text(json.dumps({"resourceType": "Patient"}))
     assert run(capsys, "--config", config_file, "gics", "add-consent", str(not_parameters))[0] == 1
+    wrong_domain = json.loads(request.read_text())
+    next(p for p in wrong_domain["parameter"] if p["name"] == "domain")["valueString"] = "extra"
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(wrong_domain))
+    code, _, err = run(capsys, "--config", config_file, "gics", "add-consent", str(wrong))
+    assert code == 1 and "another domain" in err
+    assert run(capsys, "--config", config_file, "gics", "count", "MII")[1].strip() == "7"
+
+
+def test_a_running_server_sees_what_the_command_line_created(capsys, config_file, storage_url, monkeypatch) -> None:
+    monkeypatch.setattr(gics_service, "MISS_RELOAD_SECONDS", 0.0)
+    gics = ("--config", config_file, "gics")
+    with gateway(storage_url) as client:
+        assert post(client, "allConsentsForDomain", {"resourceType": "Parameters", "parameter": [
+            {"name": "domain", "valueString": "study"}]}).status_code == 404
+        assert run(capsys, *gics, "create-domain", "study")[0] == 0
+        assert run(capsys, *gics, "create-policy", "study", "P", "1")[0] == 0
+        assert run(capsys, *gics, "create-module", "study", "M", "1", "--policy", "P|1")[0] == 0
+        assert run(capsys, *gics, "create-template", "study", "T", "1", "--module", "M|1!")[0] == 0
+        check = {"resourceType": "Parameters", "parameter": [
+            person("x"), {"name": "domain", "valueString": "study"},
+            {"name": "policy", "valueCoding": {"code": "P"}}, {"name": "version", "valueString": "1"}]}
+        answer = post(client, "isConsented", check)
+        assert answer.status_code == 200 and answer.json()["parameter"][0]["valueBoolean"] is False
+        assert client.get(f"{BASE}/Questionnaire?useContextIdentifier=study").json()["total"] == 1
 
 
 def _problems(**changes) -> list[str]:
     settings = demo_settings()
     for key, value in changes.items():
         settings[key] = value(settings[key]) if callable(value) else value
-    config = load_config(ROOT / "config" / "demo.toml", environ={}).with_overrides(gics=settings)
+    config = load_config(DEMO_CONFIG, environ={}).with_overrides(gics=settings)
     return ttp_check_config(config)
 
 
@@ -108,6 +145,7 @@ def _problems(**changes) -> list[str]:
     ({"domains": lambda d: [{**d[0], "colour": "blue"}] + d[1:]}, "unknown settings colour"),
     ({"policies": lambda p: p + [{"domain": "nowhere", "name": "X", "version": "1"}]}, "unknown domain"),
     ({"policies": lambda p: p + [{"domain": "MII", "name": "X|Y", "version": "1"}]}, "must not contain"),
+    ({"policies": lambda p: p + [{"domain": "MII", "name": "X" * 256, "version": "1"}]}, "longer than"),
     ({"policies": lambda p: p + [{"domain": "MII", "name": "X", "version": "1", "codes": ["no-separator"]}]},
      "system|code"),
     ({"modules": lambda m: m + [{"domain": "MII", "name": "X", "version": "1", "policies": ["Missing|1"]}]},

@@ -95,9 +95,9 @@ def _wrapped(bundle: dict) -> dict:
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
-def test_example_in_json(case: Case, tmp_path) -> None:
+def test_example_in_json(case: Case, storage_url) -> None:
     settings = demo_settings(persons=[f"Pseudonym|{p}" for p in case.persons], extra_consents=case.extra_consents)
-    with gateway(tmp_path, settings) as client:
+    with gateway(storage_url, settings) as client:
         request = example(case.request)
         if case.adapt:
             request = case.adapt(request)  # type: ignore[operator]
@@ -116,10 +116,10 @@ def test_example_in_json(case: Case, tmp_path) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.operation in ("isConsented", "currentPolicyStatesForPerson",
                                                                       "addConsent")], ids=_id)
-def test_example_in_xml(case: Case, tmp_path) -> None:
+def test_example_in_xml(case: Case, sqlite_url) -> None:
     """XML in, XML out: the same answer as in JSON."""
     settings = demo_settings(persons=[f"Pseudonym|{p}" for p in case.persons], extra_consents=case.extra_consents)
-    with gateway(tmp_path, settings) as client:
+    with gateway(sqlite_url, settings) as client:
         body = to_xml(example(case.request))
         answer = client.post(f"{BASE}/${case.operation}", content=body,
                              headers={"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"})
@@ -132,12 +132,12 @@ def test_example_in_xml(case: Case, tmp_path) -> None:
         assert shape(resource, case.ignore) == shape(example(case.response), case.ignore)
 
 
-def test_operation_definitions_are_the_guides(tmp_path) -> None:
+def test_operation_definitions_are_the_guides(sqlite_url) -> None:
     """Names, uses, cardinalities and types of every parameter, as the guide declares them."""
     names = ["AddConsent", "AddConsentOptOut", "AllConsentsForDomain", "AllConsentsForPerson",
              "AllConsentsForTemplate", "AllPolicyStatesForPerson", "CurrentConsentForPersonAndTemplate",
              "CurrentPolicyStatesForPerson", "GetAllConsentedIdsFor", "IsConsented"]
-    with gateway(tmp_path) as client:
+    with gateway(sqlite_url) as client:
         operations = {o["name"] for o in client.get(f"{BASE}/metadata").json()["rest"][0]["operation"]}
         assert operations == {n[0].lower() + n[1:] for n in names}
         for name in names:

@@ -1,7 +1,9 @@
-"""The gICS operations' behaviour beyond the guide's examples: fts-next's requests with its
-headers and body shapes and its filtering of the answers re-enacted, paging of the domain's
-consents, per-request errors and hostile input, batches, profiles, audit, and the agreement of
-$isConsented, $currentPolicyStatesForPerson and $getAllConsentedIdsFor on the demo data.
+"""The gICS operations' behaviour beyond the guide's examples, on every backend: fts-next's
+requests with its headers, body shapes and URL parameters, and its filtering of the answers
+re-enacted; paging of the domain's consents; per-request errors and hostile input (a 4xx
+OperationOutcome, nothing written); batches, profiles, scoping by consent domain, audit; and the
+agreement of $isConsented, $currentPolicyStatesForPerson and $getAllConsentedIdsFor on the demo
+data.
 
 The demo consents at the tests' clock (2025-06-02): dic_1H51T (form 1.6.f, 2021) and dic_GCC83
 (NUM-CODEX, 2021) and dic_810MT (form 1.7.2, 2022) accepted patient data; dic_811MT accepted in
@@ -12,21 +14,19 @@ The demo consents at the tests' clock (2025-06-02): dic_1H51T (form 1.6.f, 2021)
 from __future__ import annotations
 
 import copy
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gics_helpers import BASE, example, gateway, post, shape
-from ttp_gateway.core.auth import Client
-from ttp_gateway.core.gateway import Call
+from gics_helpers import (BASE, PSEUDONYM, count_consents, demo_settings, example, gateway, person, post,
+                          shape)
 from ttp_gateway.core.observability import audit_trail
 from ttp_gateway.core.operations import bind, scoped_values
+from ttp_gateway.plugins.gics import store_mongo, store_sql
 from ttp_gateway.plugins.gics.operations import GicsOperations
 from ttp_gateway.plugins.gics.resources import PROFILE_DE, PROFILE_MII
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-PSEUDONYM = "https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym"
 MII_POLICY_SYSTEM = "urn:oid:2.16.840.1.113883.3.1937.777.24.5.3"
 FTS_POLICIES = {f"2.16.840.1.113883.3.1937.777.24.5.3.{n}" for n in (2, 3, 6, 7)}
 DEMO_PERSONS = ["dic_1H51T", "dic_GCC83", "dic_810MT", "dic_811MT", "dic_812MT"]
@@ -34,8 +34,14 @@ OPERATIONS = {op.name: op for op in GicsOperations().declarations()}
 
 
 @pytest.fixture
-def client(tmp_path):
-    with gateway(tmp_path) as test_client:
+def client(storage_url):
+    with gateway(storage_url) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def sqlite_client(sqlite_url):
+    with gateway(sqlite_url) as test_client:
         yield test_client
 
 
@@ -65,16 +71,19 @@ def fts_consented_patients(outer: dict, policy_system: str = MII_POLICY_SYSTEM,
     return found
 
 
-def handler_call(client, operation: str, body: dict, query: dict | None = None, who: str = "fts") -> Call:
-    """A call as the core makes it, with the URL's query parameters."""
-    op = OPERATIONS[operation]
-    call = Call(client.app.state.gateway, op, bind(op.parameters, body["parameter"]), Client(name=who))
-    call.query = query or {}  # type: ignore[attr-defined]
-    return call
-
-
 def domain_body(domain: str = "MII") -> dict:
+    """fts-next's body: the domain only (paging goes into the URL)."""
     return {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": domain}]}
+
+
+def fetch_all(client, count: int, offset: int, domain: str = "MII", operation: str = "allConsentsForDomain",
+              body: dict | None = None) -> dict:
+    """One page as fts-next asks for it: POST with _count and _offset in the URL."""
+    answer = client.post(f"{BASE}/${operation}?_count={count}&_offset={offset}", json=body or domain_body(domain),
+                         headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    return answer.json()
 
 
 # --- fts-next ---------------------------------------------------------------------------------
@@ -90,8 +99,7 @@ def test_fts_next_fetch_all_pages_through_the_domain(client) -> None:
     and asks for the next page while offset + count < total."""
     selected, offset, count, pages = {}, 0, 2, 0
     while True:
-        call = handler_call(client, "allConsentsForDomain", domain_body(), {"_count": str(count), "_offset": str(offset)})
-        outer = OPERATIONS["allConsentsForDomain"].handler(call)
+        outer = fetch_all(client, count, offset)
         pages += 1
         assert len(outer["entry"]) <= count
         selected.update(fts_consented_patients(outer))
@@ -107,21 +115,16 @@ def test_fts_next_fetch_all_pages_through_the_domain(client) -> None:
     assert selected["dic_812MT"]["2.16.840.1.113883.3.1937.777.24.5.3.7"][1] == "2047-03-01T00:00:00+01:00"
 
 
-def test_fts_next_fetch_over_http(client) -> None:
-    """The same request as fts-next sends it, headers and all: every consent in one page."""
-    answer = client.post(f"{BASE}/$allConsentsForDomain?_count=100&_offset=0", json=domain_body(), headers=FHIR_JSON)
-    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/fhir+json")
-    outer = answer.json()
-    assert outer["total"] == 6
+def test_fts_next_fetch_in_one_page(client) -> None:
+    outer = fetch_all(client, 100, 0)
+    assert outer["total"] == 6 and len(outer["entry"]) == 6
     assert sorted(fts_consented_patients(outer)) == ["dic_1H51T", "dic_810MT", "dic_812MT", "dic_GCC83"]
 
 
 def test_fts_next_fetch_for_persons(client) -> None:
     """fts-next sends the domain first, then a page of its patient identifiers."""
     body = {"resourceType": "Parameters", "parameter": [
-        {"name": "domain", "valueString": "MII"},
-        *({"name": "personIdentifier", "valueIdentifier": {"system": PSEUDONYM, "value": pid}}
-          for pid in ("dic_1H51T", "dic_811MT", "dic_unknown"))]}
+        {"name": "domain", "valueString": "MII"}, *(person(pid) for pid in ("dic_1H51T", "dic_811MT", "dic_unknown"))]}
     answer = client.post(f"{BASE}/$allConsentsForPerson", json=body, headers=FHIR_JSON)
     assert answer.status_code == 200
     assert len(answer.json()["entry"]) == 3  # dic_1H51T's consent, dic_811MT's consent and withdrawal
@@ -129,8 +132,8 @@ def test_fts_next_fetch_for_persons(client) -> None:
 
 
 def test_fts_next_with_gics_policy_codes(client) -> None:
-    """Configured with the gICS Policy system and names instead of the MII OIDs."""
-    answer = client.post(f"{BASE}/$allConsentsForDomain", json=domain_body(), headers=FHIR_JSON).json()
+    """Configured as fts-next's example project is: the gICS Policy system and names."""
+    answer = fetch_all(client, 100, 0)
     gics = "https://ths-greifswald.de/fhir/CodeSystem/gics/Policy"
     wanted = {"IDAT_erheben", "IDAT_speichern_verarbeiten", "MDAT_erheben", "MDAT_speichern_verarbeiten"}
     assert sorted(fts_consented_patients(answer, gics, wanted)) == ["dic_1H51T", "dic_810MT", "dic_812MT",
@@ -139,103 +142,87 @@ def test_fts_next_with_gics_policy_codes(client) -> None:
 
 # --- paging -------------------------------------------------------------------------------------
 
-def _page(client, query: dict, operation: str = "allConsentsForDomain", body: dict | None = None) -> dict:
-    return OPERATIONS[operation].handler(handler_call(client, operation, body or domain_body(), query))
+def _follow(client, url: str) -> dict:
+    """A page link followed as a link is: GET."""
+    answer = client.get(url)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 def test_pages_follow_their_links_without_overlap(client) -> None:
-    first = _page(client, {"_count": "4"})
+    first = fetch_all(client, 4, 0)
     links = {link["relation"]: link["url"] for link in first["link"]}
     assert set(links) == {"self", "next"} and first["total"] == 6
-    second = _page(client, {k: v[0] for k, v in parse_qs(urlsplit(links["next"]).query).items()})
     assert urlsplit(links["next"]).path == f"{BASE}/$allConsentsForDomain"
+    assert parse_qs(urlsplit(links["next"]).query) == {"domain": ["MII"], "_count": ["4"], "_offset": ["4"]}
+    second = _follow(client, links["next"])
     assert {link["relation"] for link in second["link"]} == {"self", "previous"}
     ids = [e["resource"]["id"] for page in (first, second) for e in page["entry"]]
     assert len(ids) == len(set(ids)) == 6
+    back = _follow(client, next(link["url"] for link in second["link"] if link["relation"] == "previous"))
+    assert [e["resource"]["id"] for e in back["entry"]] == [e["resource"]["id"] for e in first["entry"]]
 
 
-@pytest.mark.parametrize("query, entries", [({"_count": "0"}, 0), ({"_offset": "6"}, 0), ({"_offset": "5"}, 1),
-                                            ({"_count": "5000"}, 6), ({}, 6)])
-def test_page_edges(client, query: dict, entries: int) -> None:
-    page = _page(client, query)
-    assert page["total"] == 6 and len(page["entry"]) == entries
+def test_links_carry_the_public_base_url(sqlite_url) -> None:
+    with gateway(sqlite_url, server={"public_base_url": "https://ttp.example.org/ttp-fhir/fhir"}) as client:
+        page = fetch_all(client, 2, 0)
+    assert page["link"][1]["url"].startswith("https://ttp.example.org/ttp-fhir/fhir/gics/$allConsentsForDomain?")
 
 
-@pytest.mark.parametrize("query", [{"_count": "-1"}, {"_offset": "1e3"}, {"_count": "9" * 12}])
-def test_page_parameters_are_checked(client, query: dict) -> None:
-    from ttp_gateway.core.errors import InvalidRequest
+def test_page_edges(client) -> None:
+    for (count, offset), entries in {(0, 0): 0, (100, 6): 0, (100, 5): 1, (5000, 0): 6, (2, 5): 1,
+                                     (100, 10 ** 8): 0}.items():
+        page = fetch_all(client, count, offset)
+        assert page["total"] == 6 and len(page["entry"]) == entries, (count, offset)
+    defaults = post(client, "allConsentsForDomain", domain_body()).json()
+    assert len(defaults["entry"]) == 6 and "_count=100" in defaults["link"][0]["url"]
 
-    with pytest.raises(InvalidRequest):
-        _page(client, query)
+
+@pytest.mark.parametrize("query", ["_count=-1", "_offset=1e3", "_count=" + "9" * 12, "_offset=%C2%B2"])
+def test_page_parameters_are_checked(sqlite_client, query: str) -> None:
+    answer = sqlite_client.post(f"{BASE}/$allConsentsForDomain?{query}", json=domain_body())
+    assert answer.status_code == 400 and answer.json()["resourceType"] == "OperationOutcome"
 
 
 def test_template_pages(client) -> None:
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "domain", "valueString": "MII"}, {"name": "template", "valueString": "MII;Patienteneinwilligung MII;1.6.d"}]}
-    page = _page(client, {"_count": "1"}, "allConsentsForTemplate", body)
+    page = fetch_all(client, 1, 0, operation="allConsentsForTemplate", body=body)
     assert page["total"] == 2 and len(page["entry"]) == 1
     assert "template=MII%3BPatienteneinwilligung+MII%3B1.6.d" in page["link"][1]["url"]
+    second = _follow(client, page["link"][1]["url"])
+    assert second["total"] == 2 and second["entry"][0]["resource"]["id"] != page["entry"][0]["resource"]["id"]
 
 
-class CountingStore:
-    """Wraps a store and counts the consents each unit of work hands out."""
-
-    def __init__(self, store) -> None:
-        self.store, self.handed_out = store, 0
-
-    def transaction(self, write: bool = False):
-        outer = self
-
-        class Unit:
-            def __init__(self, unit) -> None:
-                self.unit = unit
-
-            def __getattr__(self, name: str) -> Any:
-                method = getattr(self.unit, name)
-
-                def counted(*args, **kwargs):
-                    result = method(*args, **kwargs)
-                    if isinstance(result, list):
-                        outer.handed_out += len(result)
-                    return result
-
-                return counted
-
-        from contextlib import contextmanager
-
-        @contextmanager
-        def unit():
-            with self.store.transaction(write) as inner:
-                yield Unit(inner)
-
-        return unit()
-
-
-def test_a_page_reads_only_its_own_consents(tmp_path) -> None:
-    """Over a domain of 300 consents, a page of 10 reads 10 consents and those of their persons."""
+def test_a_page_reads_only_its_own_consents(storage_url, monkeypatch) -> None:
+    """Over a domain of 300 consents, a page of 10 reads 10 consents and those of their persons:
+    the consents the store decodes are counted."""
     consents = [{"domain": "num", "template": "Einwilligung NUM|1.0", "signer_ids": [f"Pseudonym|p{i:04d}"],
                  "date": "2020-01-01", "answers": {"MDAT_NUM|1.0": "ACCEPTED"}} for i in range(300)]
-    from gics_helpers import demo_settings
-
-    with gateway(tmp_path, demo_settings(persons=[], extra_consents=consents)) as client:
-        service = client.app.state.gateway.service("gics")
-        counting = CountingStore(service.store)
-        service.store = counting
-        page = _page(client, {"_count": "10", "_offset": "150"}, body=domain_body("num"))
+    decoded = []
+    for module in (store_sql, store_mongo):
+        original = module._consent
+        monkeypatch.setattr(module, "_consent", lambda *a, _original=original: decoded.append(1) or _original(*a))
+    with gateway(storage_url, demo_settings(persons=[], extra_consents=consents)) as client:
+        decoded.clear()
+        page = fetch_all(client, 10, 150, domain="num")
     assert page["total"] == 300 and len(page["entry"]) == 10
-    assert counting.handed_out <= 20
+    patients = [next(r["resource"] for r in e["resource"]["entry"] if r["resource"]["resourceType"] == "Patient")
+                for e in page["entry"]]
+    assert [p["identifier"][0]["value"] for p in patients] == [f"p{i:04d}" for i in range(150, 160)]
+    assert len(decoded) <= 20
 
 
 # --- the answers agree -------------------------------------------------------------------------
 
-def _person(pid: str) -> dict:
-    return {"name": "personIdentifier", "valueIdentifier": {"system": PSEUDONYM, "value": pid}}
+_person = person
 
 
 def test_is_consented_agrees_with_current_states_and_consented_ids(client) -> None:
     """For every demo person and every MII policy: $isConsented, the permit of
     $currentPolicyStatesForPerson and membership in $getAllConsentedIdsFor say the same."""
-    policies = client.app.state.gateway.service("gics").catalogue().policies_of("MII")
+    policies = client.get(f"{BASE}/ActivityDefinition?useContextIdentifier=MII&_count=1000").json()
+    assert policies["total"] == len(policies["entry"]) > 30
     states = {}
     for pid in DEMO_PERSONS:
         answer = post(client, "currentPolicyStatesForPerson", {"resourceType": "Parameters", "parameter": [
@@ -243,18 +230,20 @@ def test_is_consented_agrees_with_current_states_and_consented_ids(client) -> No
         states[pid] = {e["resource"]["provision"]["code"][0]["coding"][0]["code"]: e["resource"]["provision"]["type"]
                        for e in answer["entry"]}
     checked = 0
-    for policy in policies:
-        coding = {"name": "policy", "valueCoding": {"system": policy.system, "code": policy.name}}
+    for entry in policies["entry"]:
+        policy = entry["resource"]
+        coding = {"name": "policy", "valueCoding": policy["code"]["coding"][0]}
+        name = coding["valueCoding"]["code"]
         ids = post(client, "getAllConsentedIdsFor", {"resourceType": "Parameters", "parameter": [
             {"name": "domain", "valueString": "MII"}, {"name": "signerIdTypeName", "valueString": "Pseudonym"},
-            coding, {"name": "version", "valueString": policy.version}]}).json()
+            coding, {"name": "version", "valueString": policy["version"]}]}).json()
         consented_ids = {p["valueIdentifier"]["value"] for p in ids.get("parameter", [])}
         for pid in DEMO_PERSONS:
             answer = post(client, "isConsented", {"resourceType": "Parameters", "parameter": [
                 _person(pid), {"name": "domain", "valueString": "MII"}, coding,
-                {"name": "version", "valueString": policy.version}]}).json()
+                {"name": "version", "valueString": policy["version"]}]}).json()
             consented = answer["parameter"][0]["valueBoolean"]
-            assert consented == (states[pid].get(policy.name) == "permit") == (pid in consented_ids), (pid, policy.name)
+            assert consented == (states[pid].get(name) == "permit") == (pid in consented_ids), (pid, name)
             checked += consented
     assert checked > 30  # the comparison is not vacuous
 
@@ -276,21 +265,42 @@ def test_withdrawal_and_expiry_in_the_answers(client) -> None:
     assert consented("dic_812MT", "7")
 
 
+def test_reads_allow_get(client) -> None:
+    """Operations that change nothing may be invoked with GET (their links are)."""
+    answer = client.get(f"{BASE}/$isConsented", params={
+        "domain": "MII", "version": "1.1", "_format": "json"})
+    assert answer.status_code == 400  # personIdentifier and policy cannot be sent as strings
+    page = client.get(f"{BASE}/$allConsentsForDomain?domain=MII&_count=2&_offset=4&_profile={PROFILE_MII}")
+    assert page.status_code == 200 and len(page.json()["entry"]) == 2
+    consent = next(e["resource"] for e in page.json()["entry"][0]["resource"]["entry"]
+                   if e["resource"]["resourceType"] == "Consent")
+    assert PROFILE_MII in consent["meta"]["profile"]
+    assert client.get(f"{BASE}/$addConsent?domain=MII").status_code == 405
+
+
 # --- batches and profiles -----------------------------------------------------------------------
 
 def test_is_consented_in_a_batch(client) -> None:
+    """Bulk checks in one round trip: a batch Bundle of $isConsented, one answer per entry; a bad
+    entry fails alone."""
     request = example("Parameters-IsConsented-request-example-2")
-    other = copy.deepcopy(request)
-    other["parameter"][0]["valueIdentifier"]["value"] = "dic_unknown"
+    entries = []
+    for pid in [*DEMO_PERSONS, "dic_unknown"]:
+        check = copy.deepcopy(request)
+        check["parameter"][0]["valueIdentifier"]["value"] = pid
+        check["parameter"][1]["valueString"] = "MII"
+        entries.append(check)
     broken = copy.deepcopy(request)
     broken["parameter"][1]["valueString"] = "no-such-domain"
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": r, "request": {"method": "POST", "url": "$isConsented"}} for r in (request, other, broken)]}
+        {"resource": r, "request": {"method": "POST", "url": "$isConsented"}} for r in (*entries, broken)]}
     answer = client.post(f"{BASE}/$isConsented", json=bundle)
     assert answer.status_code == 200
-    entries = answer.json()["entry"]
-    assert [e["response"]["status"] for e in entries] == ["200", "200", "404"]
-    assert [e["resource"]["parameter"][0]["valueBoolean"] for e in entries[:2]] == [True, False]
+    found = answer.json()["entry"]
+    assert [e["response"]["status"] for e in found] == ["200"] * 6 + ["404"]
+    # MDAT_erheben (.6) on 2025-06-02: dic_811MT withdrew, dic_812MT's five years are over
+    assert [e["resource"]["parameter"][0]["valueBoolean"] for e in found[:6]] == [True, True, True, False, False,
+                                                                                  False]
 
 
 @pytest.mark.parametrize("profile, profiles, category", [
@@ -299,11 +309,11 @@ def test_is_consented_in_a_batch(client) -> None:
     (PROFILE_MII, ["https://ths-greifswald.de/fhir/StructureDefinition/gics/Consent", PROFILE_MII],
      "2.16.840.1.113883.3.1937.777.24.2.184"),
 ])
-def test_profiles(client, profile: str | None, profiles: list[str], category: str) -> None:
+def test_profiles(sqlite_client, profile: str | None, profiles: list[str], category: str) -> None:
     body = example("Parameters-AllConsentsForPerson-request-example-1")
     if profile:
         body["parameter"].append({"name": "_profile", "valueCanonical": profile})
-    answer = post(client, "allConsentsForPerson", body).json()
+    answer = post(sqlite_client, "allConsentsForPerson", body).json()
     consent = next(e["resource"] for e in answer["entry"][0]["resource"]["entry"]
                    if e["resource"]["resourceType"] == "Consent")
     assert consent["meta"]["profile"] == profiles
@@ -320,6 +330,7 @@ def test_a_recorded_consent_keeps_what_was_given_and_answers_states(client) -> N
     consent_ids = [next(e["resource"]["id"] for e in a.json()["entry"] if e["resource"]["resourceType"] == "Consent")
                    for a in (first, again)]
     assert consent_ids[0] == consent_ids[1]  # a retry finds the consent recorded before
+    assert count_consents(client) == 7
     given = {p["name"]: p.get("resource") for p in request["parameter"]}
     answered = {e["resource"]["resourceType"]: e["resource"] for e in first.json()["entry"]}
     scan = answered["DocumentReference"]["content"][0]["attachment"]["data"]
@@ -328,16 +339,33 @@ def test_a_recorded_consent_keeps_what_was_given_and_answers_states(client) -> N
            [s["who"]["display"] for s in given["provenance"]["signature"]]
     assert answered["Provenance"]["target"][0]["reference"] == f"QuestionnaireResponse/{answered['QuestionnaireResponse']['id']}"
     assert answered["QuestionnaireResponse"]["subject"]["reference"] == f"Patient/{answered['Patient']['id']}"
+    # what was stored comes back as it was given
+    stored = post(client, "allConsentsForPerson", {"resourceType": "Parameters", "parameter": [
+        {"name": "domain", "valueString": "MII"}, _person("studypsn1")]}).json()
+    inner = {e["resource"]["resourceType"]: e["resource"] for e in stored["entry"][0]["resource"]["entry"]}
+    assert inner["DocumentReference"]["content"] == answered["DocumentReference"]["content"]
+    assert inner["Consent"]["provision"] == answered["Consent"]["provision"]
     # and the person is now consented to MDAT_erheben for five years from the form's date
     check = {"resourceType": "Parameters", "parameter": [
-        {"name": "personIdentifier", "valueIdentifier": {"system": PSEUDONYM, "value": "studypsn1"}},
-        {"name": "domain", "valueString": "MII"},
+        _person("studypsn1"), {"name": "domain", "valueString": "MII"},
         {"name": "policy", "valueCoding": {"code": "MDAT_erheben"}}, {"name": "version", "valueString": "1.1"},
         {"name": "config", "resource": {"resourceType": "Parameters", "parameter": [
             {"name": "requestDate", "valueDate": "2027-12-20"}]}}]}
     assert post(client, "isConsented", check).json()["parameter"][0]["valueBoolean"] is True
     check["parameter"][-1]["resource"]["parameter"][0]["valueDate"] = "2027-12-21"
     assert post(client, "isConsented", check).json()["parameter"][0]["valueBoolean"] is False
+
+
+def test_an_opt_out_is_recorded_once(client) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "resource": {"resourceType": "Patient", "identifier": [{"system": PSEUDONYM,
+                                                                                    "value": "optout1"}]}},
+        {"name": "domain", "valueString": "opt-out"},
+        {"name": "questionnaire", "valueCanonical": "https://ths-greifswald.de/fhir/gics/QuestionnaireComposed/"
+                                                    "opt-out/Opt-Out|1.0"}]}
+    assert post(client, "addConsentOptOut", body).status_code == 200
+    assert post(client, "addConsentOptOut", body).status_code == 200  # the same moment: the same consent
+    assert count_consents(client, "opt-out") == 1
 
 
 def test_the_same_consent_with_other_answers_conflicts(client) -> None:
@@ -348,6 +376,18 @@ def test_the_same_consent_with_other_answers_conflicts(client) -> None:
     response["item"][0]["answer"][0]["valueCoding"]["code"] = "2.16.840.1.113883.3.1937.777.24.5.2.1"
     answer = post(client, "addConsent", changed)
     assert answer.status_code == 409 and answer.json()["issue"][0]["code"] == "duplicate"
+    assert count_consents(client) == 7
+
+
+def test_a_failed_add_consent_writes_nothing(storage_url) -> None:
+    """The consent is written, then the answer turns out too large to send: the request fails
+    with 413, and the consent is not there."""
+    with gateway(storage_url, limits={"max_answer_bytes": 2000}) as client:
+        answer = post(client, "addConsent", example("Parameters-Parameters-AddConsent-request-example-1"))
+        assert answer.status_code == 413 and answer.json()["resourceType"] == "OperationOutcome"
+        assert count_consents(client) == 6
+        assert post(client, "allConsentsForPerson", {"resourceType": "Parameters", "parameter": [
+            {"name": "domain", "valueString": "MII"}, _person("studypsn1")]}).json()["total"] == 0
 
 
 def _add_consent(mutate) -> dict:
@@ -357,7 +397,7 @@ def _add_consent(mutate) -> dict:
     return request
 
 
-@pytest.mark.parametrize("mutate, status", [
+MISFITS = [
     (lambda p: p["domain"].update(valueString="nowhere"), 404),
     (lambda p: p["questionnaireResponse"]["resource"].update(
         questionnaire="https://ths-greifswald.de/fhir/gics/QuestionnaireComposed/MII/Unbekannt|1.0"), 404),
@@ -377,13 +417,18 @@ def _add_consent(mutate) -> dict:
     (lambda p: p["patient"]["resource"].update(identifier="x"), 422),
     (lambda p: p["patient"].update(resource={"resourceType": "Observation"}), 400),
     (lambda p: p["domain"].update(valueString=None, valueInteger=3), 400),
-])
-def test_add_consent_refuses_what_does_not_fit(client, mutate, status: int) -> None:
-    answer = post(client, "addConsent", _add_consent(mutate))
-    assert answer.status_code == status, answer.text
-    outcome = answer.json()
-    assert outcome["resourceType"] == "OperationOutcome"
-    assert "studypsn1" not in answer.text.split("diagnostics")[-1]  # no signer id in the message
+    (lambda p: p["questionnaireResponse"]["resource"].update(item=[{"item": [{"item": [{"item": [{"item": [
+        {"item": [{"item": [{"item": [{"item": [{"item": [{"linkId": "x"}]}]}]}]}]}]}]}]}]}]), 400),
+]
+
+
+def test_add_consent_refuses_what_does_not_fit_and_writes_nothing(client) -> None:
+    for index, (mutate, status) in enumerate(MISFITS):
+        answer = post(client, "addConsent", _add_consent(mutate))
+        assert answer.status_code == status, (index, answer.text)
+        assert answer.json()["resourceType"] == "OperationOutcome"
+        assert "studypsn1" not in answer.text  # no signer id in the message
+    assert count_consents(client) == 6
 
 
 @pytest.mark.parametrize("operation, parameters, status", [
@@ -420,41 +465,62 @@ def test_add_consent_refuses_what_does_not_fit(client, mutate, status: int) -> N
         {"name": "questionnaire", "valueCanonical": "https://ths-greifswald.de/fhir/gics/QuestionnaireComposed/MII/X|1"}],
      404),
 ])
-def test_whole_request_errors(client, operation: str, parameters: list, status: int) -> None:
-    answer = post(client, operation, {"resourceType": "Parameters", "parameter": parameters})
+def test_whole_request_errors(sqlite_client, operation: str, parameters: list, status: int) -> None:
+    answer = post(sqlite_client, operation, {"resourceType": "Parameters", "parameter": parameters})
     assert answer.status_code == status, answer.text
     assert answer.json()["resourceType"] == "OperationOutcome"
 
 
-@pytest.mark.parametrize("body", [
+HOSTILE = [
     {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "MII"},
                                                  {"name": "personIdentifier", "valueIdentifier": "x"}]},
     {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "MII"},
                                                  {"name": "personIdentifier", "valueIdentifier": {"system": [], "value": {}}}]},
     {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "MII"}, *[
         {"name": "personIdentifier", "valueIdentifier": {"system": PSEUDONYM, "value": "a" * 10}}] * 10_001]},
-    {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "M" * 10_000},
-                                                 _person("x")]},
+    {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "M" * 10_000}, _person("x")]},
+    {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "MII"},
+                                                 _person("x' OR '1'='1"), _person("\\x00")]},
+    {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "MII"},
+                                                 {"name": "personIdentifier", "valueIdentifier": {
+                                                     "system": PSEUDONYM, "value": "v" * 100_000}}]},
     {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": {"resourceType": "Parameters"}}]},
-])
-def test_hostile_input_gets_an_outcome_not_a_crash(client, body: dict) -> None:
-    answer = post(client, "allConsentsForPerson", body)
-    assert answer.status_code in (400, 404, 422), answer.text
-    assert answer.json()["resourceType"] == "OperationOutcome"
+    {"resourceType": "Patient"},
+    {"resourceType": "Parameters", "parameter": [{"name": "domain", "valueString": "MII"}, _person("a\x00b")]},
+]
 
 
-def test_questionnaire_response_items_may_nest_and_carry_free_text(client) -> None:
+def test_hostile_input_gets_an_outcome_and_writes_nothing(client) -> None:
+    for index, body in enumerate(HOSTILE):
+        for operation in ("allConsentsForPerson", "addConsent", "isConsented"):
+            answer = post(client, operation, body)
+            if index == 4 and operation == "allConsentsForPerson":
+                assert answer.status_code == 200 and answer.json()["total"] == 0  # unknown persons
+                continue
+            if answer.status_code == 200 and answer.json()["type"] == "batch-response":  # $isConsented
+                assert [e["response"]["status"] for e in answer.json()["entry"]] == ["400"]
+                continue
+            assert 400 <= answer.status_code < 500, (index, operation, answer.text)
+            assert answer.json()["resourceType"] == "OperationOutcome"
+    assert client.post(f"{BASE}/$addConsent", content=b"{not json",
+                       headers={"Content-Type": "application/fhir+json"}).status_code == 400
+    long_id = _add_consent(lambda p: p["patient"]["resource"]["identifier"][0].update(value="v" * 100_000))
+    assert post(client, "addConsent", long_id).status_code == 422
+    assert count_consents(client) == 6
+
+
+def test_questionnaire_response_items_may_nest_and_carry_free_text(sqlite_client) -> None:
     def nest(parts: dict) -> None:
         response = parts["questionnaireResponse"]["resource"]
         response["item"] = [{"linkId": "group", "item": response["item"]},
                             {"linkId": "Bemerkung", "answer": [{"valueString": "frei"}]}]
-    answer = post(client, "addConsent", _add_consent(nest))
+    answer = post(sqlite_client, "addConsent", _add_consent(nest))
     assert answer.status_code == 200, answer.text
 
 
 # --- scope and audit ----------------------------------------------------------------------------
 
-def test_consent_domains_are_scoped() -> None:
+def test_consent_domains_are_scoped_in_every_declaration() -> None:
     for op in OPERATIONS.values():
         domain = next(p for p in op.parameters if p.name == "domain")
         assert domain.scope == "consent-domains", op.name
@@ -463,18 +529,45 @@ def test_consent_domains_are_scoped() -> None:
     assert list(scoped_values(OPERATIONS["isConsented"].parameters, args)) == [("consent-domains", "num")]
 
 
+def test_a_key_scoped_to_a_consent_domain_uses_only_that_domain(client) -> None:
+    mii_only = {"apikey": "mii-only-key"}
+    assert client.post(f"{BASE}/$allConsentsForDomain", json=domain_body("MII"), headers=mii_only).status_code == 200
+    refused = client.post(f"{BASE}/$allConsentsForDomain", json=domain_body("num"), headers=mii_only)
+    assert refused.status_code == 401 and refused.json()["resourceType"] == "OperationOutcome"
+    # in a batch, the entry naming another domain fails alone
+    other = example("Parameters-IsConsented-request-example-2")  # domain num
+    request = copy.deepcopy(other)
+    request["parameter"][1]["valueString"] = "MII"
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": r, "request": {"method": "POST", "url": "$isConsented"}} for r in (request, other)]}
+    answer = client.post(f"{BASE}/$isConsented", json=bundle, headers=mii_only).json()
+    assert [e["response"]["status"] for e in answer["entry"]] == ["200", "401"]
+    # nothing was written under a refused key
+    opt_out = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "resource": {"resourceType": "Patient", "identifier": [{"system": PSEUDONYM,
+                                                                                    "value": "p"}]}},
+        {"name": "domain", "valueString": "opt-out"},
+        {"name": "questionnaire", "valueCanonical": "https://ths-greifswald.de/fhir/gics/QuestionnaireComposed/"
+                                                    "opt-out/Opt-Out|1.0"}]}
+    assert client.post(f"{BASE}/$addConsentOptOut", json=opt_out, headers=mii_only).status_code == 401
+    assert count_consents(client, "opt-out") == 0
+
+
 def test_reads_and_writes_are_audited_without_content(client, monkeypatch) -> None:
     records: list[tuple[str, dict]] = []
     monkeypatch.setattr(audit_trail, "record", lambda action, facts: records.append((action, facts)))
     post(client, "addConsent", example("Parameters-Parameters-AddConsent-request-example-1"))
     post(client, "currentPolicyStatesForPerson", example("Parameters-CurrentPolicyStatesForPerson-request-example-1"))
     client.post(f"{BASE}/$allConsentsForDomain", json=domain_body())
+    client.get(f"{BASE}/Consent?domain=MII&patient.identifier={PSEUDONYM}|dic_1H51T")
+    post(client, "addConsent", _add_consent(lambda p: p["domain"].update(valueString="nowhere")))  # fails
     actions = [(action, facts.get("persons"), facts["client"]) for action, facts in records]
     assert actions == [("add-consent", ["Pseudonym|studypsn1"], "demo"),
                        ("currentPolicyStatesForPerson", ["Pseudonym|dic_1H51T"], "demo"),
-                       ("allConsentsForDomain", None, "demo")]
+                       ("allConsentsForDomain", None, "demo"),
+                       ("search-consent", ["Pseudonym|dic_1H51T"], "demo")]
     text = repr(records)
-    assert "ACCEPTED" not in text and "MDAT" not in text and "JVBERi" not in text
+    assert "ACCEPTED" not in text and "MDAT" not in text and "JVBERi" not in text and "permit" not in text
 
 
 def test_shape_comparison_sees_a_changed_code() -> None:
