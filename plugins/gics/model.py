@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from enum import Enum
@@ -28,6 +29,8 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 GICS_POLICY_SYSTEM = "https://ths-greifswald.de/fhir/CodeSystem/gics/Policy"
 SIGNER_ID_SYSTEM_PREFIX = "https://ths-greifswald.de/fhir/gics/identifiers/"
+# Names of catalogue objects and signer id values are bounded, as the stores' keys are.
+MAX_NAME = 255
 # A policy that never expires is shown with this end, as the reference does (fts-next needs one).
 OPEN_END = datetime(3000, 1, 1, tzinfo=timezone.utc)
 
@@ -134,6 +137,7 @@ class Coding(NamedTuple):
     display: str = ""
 
 
+@lru_cache(maxsize=4096)
 def version_order(version: str) -> tuple:
     """Sort key of a version: "1.6.d" < "1.6.f" < "1.10"; numbers as numbers, the rest as text."""
     parts = re.split(r"[.\-_ ]+", version.strip())
@@ -342,6 +346,7 @@ class Catalogue:
     policies: dict[tuple[str, Key], Policy] = field(default_factory=dict)
     modules: dict[tuple[str, Key], Module] = field(default_factory=dict)
     templates: dict[tuple[str, Key], Template] = field(default_factory=dict)
+    _by_code: dict[tuple[str, str], list[Policy]] | None = field(default=None, compare=False, repr=False)
 
     def domain(self, name: str) -> ConsentDomain | None:
         return self.domains.get(name)
@@ -368,8 +373,16 @@ class Catalogue:
                       key=lambda t: (t.name, version_order(t.version)))
 
     def find_policies(self, domain: str, system: str | None, code: str) -> list[Policy]:
-        """The policies (every version) a Coding names."""
-        return [p for p in self.policies_of(domain) if p.answers_to(system, code)]
+        """The policies (every version) a Coding names. Asked on every state request: the
+        policies are indexed by their codes once per catalogue, which is not changed once read."""
+        if self._by_code is None:
+            index: dict[tuple[str, str], list[Policy]] = {}
+            for name in sorted(self.domains):
+                for policy in self.policies_of(name):
+                    for known in {policy.name, *(c.code for c in policy.codes)}:
+                        index.setdefault((name, known), []).append(policy)
+            self._by_code = index
+        return [p for p in self._by_code.get((domain, code), ()) if p.answers_to(system, code)]
 
     def problems(self) -> list[str]:
         """References that point nowhere, one sentence each."""
@@ -476,6 +489,8 @@ def _name(settings: Mapping[str, Any], where: str, key: str = "name") -> str:
         raise ValueError(f"{where} needs a {key} without surrounding spaces")
     if "|" in value or ";" in value or any(unicodedata.category(c)[0] == "C" for c in value):
         raise ValueError(f"{where}: {key} must not contain '|', ';' or control characters")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{where}: {key} must not be longer than {MAX_NAME} characters")
     return value
 
 
@@ -659,7 +674,9 @@ def to_millis(moment: datetime) -> int:
 
 
 def from_millis(millis: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=millis)
+    seconds, rest = divmod(millis, 1000)
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.replace(microsecond=rest * 1000) if rest else moment
 
 
 def whole_millis(moment: datetime) -> datetime:
@@ -736,6 +753,9 @@ def signer_ids_of(identifiers: Iterable[Mapping[str, Any]], domain: ConsentDomai
         value = identifier.get("value") if isinstance(identifier, Mapping) else None
         if not isinstance(system, str) or not isinstance(value, str) or not value:
             problems.append(f"identifier {index + 1} needs a system and a value")
+            continue
+        if len(value) > MAX_NAME:
+            problems.append(f"identifier {index + 1}: the value is longer than {MAX_NAME} characters")
             continue
         if not system.startswith(SIGNER_ID_SYSTEM_PREFIX):
             problems.append(f"identifier {index + 1}: the system must start with {SIGNER_ID_SYSTEM_PREFIX}")

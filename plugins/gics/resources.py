@@ -22,6 +22,8 @@ from datetime import date, datetime, tzinfo
 from typing import Any, Collection, Iterable, Mapping, Sequence
 from urllib.parse import quote_plus, unquote_plus, urlencode
 
+import orjson
+
 from ttp_gateway.core.errors import InvalidRequest
 
 from .model import (OPEN_END, Catalogue, ConsentDomain, ConsentStatus, Key, Module, Policy,
@@ -59,6 +61,12 @@ MII_ANSWER_CODES = {
 }
 
 _NAMESPACE = uuid.UUID("1f0c2f63-52a5-4c4e-9f86-7d3f0c6a7b11")
+
+
+def _copy(resource: Any) -> Any:
+    """A deep copy of JSON values (the given resources are changed for the answer, and kept as
+    they were given); several times faster than `copy.deepcopy` on large resources."""
+    return orjson.loads(orjson.dumps(resource))
 
 
 def object_id(*parts: str) -> str:
@@ -468,10 +476,10 @@ def given_resources(consent: SignedConsent, catalogue: Catalogue, zone: tzinfo) 
     questionnaireResponse, patient, provenance, documentReference (a list)."""
     ids = _ids(consent)
     given = consent.resources
-    response = copy.deepcopy(given.get("questionnaireResponse") or {"resourceType": "QuestionnaireResponse"})
-    patient = copy.deepcopy(given.get("patient") or {"resourceType": "Patient"})
-    provenance = copy.deepcopy(given.get("provenance")) if given.get("provenance") else None
-    documents = [copy.deepcopy(d) for d in given.get("documentReference", []) if isinstance(d, dict)]
+    response = _copy(given.get("questionnaireResponse") or {"resourceType": "QuestionnaireResponse"})
+    patient = _copy(given.get("patient") or {"resourceType": "Patient"})
+    provenance = _copy(given.get("provenance")) if given.get("provenance") else None
+    documents = [_copy(d) for d in given.get("documentReference", []) if isinstance(d, dict)]
     mapping: dict[str, str] = {}
     for kind, resource in (("QuestionnaireResponse", response), ("Patient", patient), ("Provenance", provenance)):
         if resource is not None and isinstance(resource.get("id"), str):
@@ -560,7 +568,7 @@ def _consent_frame(consent: SignedConsent, profile: str, result_type: str, zone:
         "category": category,
         "organization": [{"display": consent.domain}],
         "policy": [{"uri": f"urn:oid:{MII_CATEGORY}" if mii else f"urn:uuid:{domain_id(consent.domain)}"}],
-        "status": "active", "scope": copy.deepcopy(SCOPE),
+        "status": "active", "scope": _copy(SCOPE),
         "patient": {"reference": f"Patient/{ids['Patient']}", "display": _person_display(consent, domain)},
         "dateTime": fhir_moment(consent.date, zone),
         "sourceReference": {"reference": f"QuestionnaireResponse/{ids['QuestionnaireResponse']}"},

@@ -160,6 +160,9 @@ def policy_end(policy: SignedPolicy) -> int:
     return to_millis(policy.expires or OPEN_END)
 
 
+_STATUS = {status.value: status for status in ConsentStatus}
+
+
 def consent_of(*, seq: int, id: str, domain: str, template_name: str, template_version: str,
                template_type: str, signed_at: int, recorded_at: int, signer_ids: list, modules: list,
                policies: list, resources: dict | None = None) -> SignedConsent:
@@ -169,8 +172,8 @@ def consent_of(*, seq: int, id: str, domain: str, template_name: str, template_v
         template_type=TemplateType(template_type),
         signer_ids=frozenset(SignerId(t, v) for t, v in signer_ids),
         date=from_millis(signed_at), recorded=from_millis(recorded_at),
-        modules=tuple((Key(n, v), ConsentStatus(s)) for n, v, s in modules),
-        policies=tuple(SignedPolicy(n, v, ConsentStatus(s), None if e is None else from_millis(e))
+        modules=tuple((Key(n, v), _STATUS[s]) for n, v, s in modules),
+        policies=tuple(SignedPolicy(n, v, _STATUS[s], None if e is None else from_millis(e))
                        for n, v, s, e in policies),
         resources=resources or {}, seq=seq)
 

@@ -167,23 +167,15 @@ class MongoConsentStore(ConsentStore):
         if limit <= 0:
             return []
         rows = self._consents.aggregate([
-            *self._policy_stages(wanted),
-            {"$sort": {"seq": 1, "policies.name": 1, "policies.version": 1}},
-            {"$skip": offset}, {"$limit": limit},
-            {"$project": {"_id": 0, "seq": 1, "chosen": "$policies"}}])
+            *self._policy_stages(wanted), {"$skip": offset}, {"$limit": limit},
+            {"$project": {"_id": 0, "seq": 1, "position": 1}}], allowDiskUse=True)
         # The unwound document holds one policy; the consent is read whole, with all of them.
         whole = {c.seq: c for c in self._found(self._consents.find(
             {"seq": {"$in": sorted({d["seq"] for d in rows})}}, _CONSENT_FIELDS), resources)}
-        found = []
-        for document in rows:
-            item = whole[document["seq"]]
-            chosen = document["chosen"]
-            found.append((item, next(p for p in item.policies
-                                     if p.name == chosen["name"] and p.version == chosen["version"])))
-        return found
+        return [(whole[d["seq"]], whole[d["seq"]].policies[d["position"]]) for d in rows]
 
     def count_signed_policies(self, wanted: PolicyFilter) -> int:
-        counted = list(self._consents.aggregate([*self._policy_stages(wanted), {"$count": "n"}]))
+        counted = self._consents.aggregate([*self._policy_stages(wanted), {"$count": "n"}], allowDiskUse=True)
         return int(counted[0]["n"]) if counted else 0
 
     def matching_consents_page(self, wanted: PolicyFilter, *, offset: int = 0, limit: int) -> list[SignedConsent]:
@@ -201,7 +193,11 @@ class MongoConsentStore(ConsentStore):
         on_consents = _of_consents(wanted)
         if wanted.policies is not None:
             on_consents["policies.name"] = {"$in": sorted(wanted.policies)}
-        return [{"$match": on_consents}, {"$unwind": "$policies"}, {"$match": _on_policies(wanted, "policies.")}]
+        # In the order of the (domain, seq) index, each consent's policies in their stored order:
+        # pages need no sort of the unwound policies.
+        return [{"$match": on_consents}, {"$sort": {"seq": 1}},
+                {"$unwind": {"path": "$policies", "includeArrayIndex": "position"}},
+                {"$match": _on_policies(wanted, "policies.")}]
 
     def _found(self, documents: list[dict[str, Any]], resources: bool) -> list[SignedConsent]:
         found = [_consent(d) for d in documents]

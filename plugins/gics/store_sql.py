@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import orjson
 from sqlalchemy import (BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, and_,
-                        bindparam, exists, func, not_, or_, select, update)
+                        bindparam, exists, func, not_, or_, select, tuple_, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -93,12 +93,15 @@ signer_id = Table(
     sqlite_with_rowid=False,
 )
 
+# Clustered by (domain, seq, position): a domain's signed policies are read in the order pages
+# list them, without sorting; `position` is the policy's place in its consent's list.
 signed_policy = Table(
     "gics_signed_policy", metadata,
+    Column("domain", String(255), primary_key=True),
     Column("seq", BigInteger, ForeignKey("gics_consent.seq"), primary_key=True, autoincrement=False),
-    Column("policy_name", String(255), primary_key=True),
-    Column("policy_version", String(255), primary_key=True),
-    Column("domain", String(255), nullable=False),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("policy_name", String(255), nullable=False),
+    Column("policy_version", String(255), nullable=False),
     Column("status", String(32), nullable=False),
     Column("starts_at", BigInteger, nullable=False),
     Column("ends_at", BigInteger, nullable=False),
@@ -176,9 +179,10 @@ class _Statements:
             insert(signer_id).from_select(["domain", "id_type", "id_value", "seq"],
                                           select(rows.c.domain, rows.c.id_type, rows.c.id_value, rows.c.seq)
                                           .order_by(rows.c.i)))
-        rows = build.rows("new_policies", seq=BigInteger(), policy_name=String(), policy_version=String(),
-                          domain=String(), status=String(), starts_at=BigInteger(), ends_at=BigInteger())
-        columns = ["seq", "policy_name", "policy_version", "domain", "status", "starts_at", "ends_at"]
+        rows = build.rows("new_policies", domain=String(), seq=BigInteger(), position=Integer(),
+                          policy_name=String(), policy_version=String(), status=String(), starts_at=BigInteger(),
+                          ends_at=BigInteger())
+        columns = ["domain", "seq", "position", "policy_name", "policy_version", "status", "starts_at", "ends_at"]
         self.insert_policies = build.compile(
             insert(signed_policy).from_select(columns, select(*(rows.c[n] for n in columns)).order_by(rows.c.i)))
         rows = build.rows("new_resources", seq=BigInteger(), resources=Text())
@@ -189,9 +193,7 @@ class _Statements:
         # --- reading consents -------------------------------------------------------------------
         self.persons, self.person = {}, {}
         signers = build.rows("signers", id_type=String(), id_value=Text())
-        of_persons = c.seq.in_(select(s.seq).join(signers, and_(s.id_type == signers.c.id_type,
-                                                                s.id_value == signers.c.id_value))
-                               .where(s.domain == bindparam("domain")))
+        of_persons = c.seq.in_(_of_signers(signers))
         of_person = c.seq.in_(select(s.seq).where(s.domain == bindparam("domain"), s.id_type == bindparam("id_type"),
                                                   s.id_value == bindparam("id_value")))
         self.pages, self.counts = {}, {}
@@ -231,15 +233,14 @@ class _Statements:
 
 
 def _search_statement(build: SqlBuilder, shape: _Shape) -> Any:
+    by_policy = shape.kind in ("policies", "count-policies")
+    seq = sp.seq if by_policy else c.seq  # the criteria on consents apply to the driving table's seq
     on_consents: list[ColumnElement[bool]] = []
     if shape.template:
         on_consents += [c.template_name == bindparam("template_name"),
                         c.template_version == bindparam("template_version")]
     if shape.signers:
-        signers = build.rows("signers", id_type=String(), id_value=Text())
-        on_consents.append(c.seq.in_(
-            select(s.seq).join(signers, and_(s.id_type == signers.c.id_type, s.id_value == signers.c.id_value))
-            .where(s.domain == bindparam("domain"))))
+        on_consents.append(seq.in_(_of_signers(build.rows("signers", id_type=String(), id_value=Text()))))
     on_policies: list[ColumnElement[bool]] = []
     if shape.names:
         on_policies.append(build.in_batch(sp.policy_name, "names"))
@@ -251,24 +252,30 @@ def _search_statement(build: SqlBuilder, shape: _Shape) -> Any:
         on_policies.append(_period(prefix, bindparam(f"low_{index}", type_=BigInteger),
                                    bindparam(f"high_{index}", type_=BigInteger)))
     columns: tuple[Any, ...] = CONSENT_COLUMNS + ((r.resources,) if shape.resources else ())
-    if shape.kind in ("policies", "count-policies"):
-        source = signed_policy.join(consent, c.seq == sp.seq) if on_consents or shape.kind == "policies" \
-            else signed_policy
+    if by_policy:
+        needs_consent = shape.template or shape.kind == "policies"
+        source = signed_policy.join(consent, c.seq == sp.seq) if needs_consent else signed_policy
         where = [sp.domain == bindparam("domain"), *on_policies, *on_consents]
         if shape.kind == "count-policies":
             return select(func.count()).select_from(source).where(*where)
         if shape.resources:
             source = source.outerjoin(consent_resources, r.seq == c.seq)
-        return (select(*columns, sp.policy_name, sp.policy_version).select_from(source).where(*where)
-                .order_by(sp.seq, sp.policy_name, sp.policy_version)
-                .limit(bindparam("limit")).offset(bindparam("offset")))
+        return (select(*columns, sp.position).select_from(source).where(*where)
+                .order_by(sp.seq, sp.position).limit(bindparam("limit")).offset(bindparam("offset")))
     where = [c.domain == bindparam("domain"), *on_consents]
     if on_policies:
-        where.append(exists(select(sp.seq).where(sp.seq == c.seq, *on_policies)))
+        where.append(exists(select(sp.seq).where(sp.domain == c.domain, sp.seq == c.seq, *on_policies)))
     if shape.kind == "count-consents":
         return select(func.count()).select_from(consent).where(*where)
     return (select(*columns).select_from(consent.outerjoin(consent_resources, r.seq == c.seq)).where(*where)
             .order_by(c.seq).limit(bindparam("limit")).offset(bindparam("offset")))
+
+
+def _of_signers(signers: Any) -> Any:
+    """The seqs of the consents that carry any of a batch of signer ids. A row-value IN, so that
+    the planner looks each id up in the key rather than scanning the domain's ids for each."""
+    return select(s.seq).where(s.domain == bindparam("domain"),
+                               tuple_(s.id_type, s.id_value).in_(select(signers.c.id_type, signers.c.id_value)))
 
 
 def _period(prefix: str, low: Any, high: Any) -> ColumnElement[bool]:
@@ -334,8 +341,8 @@ class SqlConsentStore(ConsentStore):
             self._run(self._sql.insert_signers, new_signers=[
                 (item.domain, signer.type, signer.value, item.seq) for item in new for signer in sorted(item.signer_ids)])
             self._run(self._sql.insert_policies, new_policies=[
-                (item.seq, p.name, p.version, item.domain, p.status.value, to_millis(item.date), policy_end(p))
-                for item in new for p in item.policies])
+                (item.domain, item.seq, position, p.name, p.version, p.status.value, to_millis(item.date),
+                 policy_end(p)) for item in new for position, p in enumerate(item.policies)])
             self._run(self._sql.insert_resources, new_resources=[(item.seq, _text(dict(item.resources))) for item in new])
         missing = sorted({f for f in fingerprints if f not in kept})
         if missing:
@@ -384,8 +391,7 @@ class SqlConsentStore(ConsentStore):
         found = []
         for row in rows:
             kept = _consent(row, resources)
-            name, version = row[-2:]
-            found.append((kept, next(p for p in kept.policies if p.name == name and p.version == version)))
+            found.append((kept, kept.policies[row[-1]]))
         return found
 
     def count_signed_policies(self, wanted: PolicyFilter) -> int:

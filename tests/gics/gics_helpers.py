@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import pytest
 from starlette.testclient import TestClient
 
 from ttp_gateway.core.app import create_app
@@ -28,6 +29,13 @@ PSEUDONYM = "https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym"
 # Keys besides the demo key: one scoped to the MII consent domain, one to num.
 SCOPED_KEYS = [{"name": "mii-only", "key": "mii-only-key", "consent-domains": ["MII"]},
                {"name": "num-only", "key": "num-only-key", "consent-domains": ["num"]}]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """An empty SQLite store, for tests of what does not depend on the backend (the suite's
+    `storage_url` runs a test on every backend). Test modules import it to use it."""
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
 def example(name: str) -> dict:

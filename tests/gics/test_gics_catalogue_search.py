@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from gics_helpers import BASE, assert_shape, demo_settings, example, gateway
+from gics_helpers import sqlite_url  # noqa: F401 - a fixture
 from ttp_gateway.plugins.gics import resources as fr
 from ttp_gateway.plugins.gics.model import (Catalogue, Key, domain_from_settings, module_from_settings,
                                             policy_from_settings)

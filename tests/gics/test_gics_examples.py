@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gics_helpers import (BASE, assert_shape, demo_settings, example, gateway, post, shape)
+from gics_helpers import sqlite_url  # noqa: F401 - a fixture
 from ttp_gateway.core.xmlcodec import parse_xml, to_xml
 
 # The guide's signatures carry images; the demo's consents were signed on paper only.

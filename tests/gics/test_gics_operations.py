@@ -20,6 +20,7 @@ import pytest
 
 from gics_helpers import (BASE, PSEUDONYM, count_consents, demo_settings, example, gateway, person, post,
                           shape)
+from gics_helpers import sqlite_url  # noqa: F401 - a fixture
 from ttp_gateway.core.observability import audit_trail
 from ttp_gateway.core.operations import bind, scoped_values
 from ttp_gateway.plugins.gics import store_mongo, store_sql

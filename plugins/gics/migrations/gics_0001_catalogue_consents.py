@@ -63,13 +63,15 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger, sa.ForeignKey("gics_consent.seq"), primary_key=True, autoincrement=False),
         sqlite_with_rowid=False,
     )
-    # Signed policies for the Consent search: by consent, and by policy name within a domain.
+    # Signed policies for the Consent search, clustered in the order pages list them (a policy's
+    # position in its consent's list), and by policy name within a domain.
     op.create_table(
         "gics_signed_policy",
+        sa.Column("domain", sa.String(255), primary_key=True),
         sa.Column("seq", sa.BigInteger, sa.ForeignKey("gics_consent.seq"), primary_key=True, autoincrement=False),
-        sa.Column("policy_name", sa.String(255), primary_key=True),
-        sa.Column("policy_version", sa.String(255), primary_key=True),
-        sa.Column("domain", sa.String(255), nullable=False),
+        sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("policy_name", sa.String(255), nullable=False),
+        sa.Column("policy_version", sa.String(255), nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("starts_at", sa.BigInteger, nullable=False),
         sa.Column("ends_at", sa.BigInteger, nullable=False),
