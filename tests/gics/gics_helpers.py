@@ -31,11 +31,9 @@ SCOPED_KEYS = [{"name": "mii-only", "key": "mii-only-key", "consent-domains": ["
                {"name": "num-only", "key": "num-only-key", "consent-domains": ["num"]}]
 
 
-@pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    """An empty SQLite store, for tests of what does not depend on the backend (the suite's
-    `storage_url` runs a test on every backend). Test modules import it to use it."""
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
+# Tests of what does not depend on the backend run on SQLite only; the others, with the suite's
+# `storage_url`, on every backend.
+SQLITE_ONLY = pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 
 
 def example(name: str) -> dict:

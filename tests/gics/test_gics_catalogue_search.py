@@ -8,8 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gics_helpers import BASE, assert_shape, demo_settings, example, gateway
-from gics_helpers import sqlite_url  # noqa: F401 - a fixture
+from gics_helpers import BASE, SQLITE_ONLY, assert_shape, demo_settings, example, gateway
 from ttp_gateway.plugins.gics import resources as fr
 from ttp_gateway.plugins.gics.model import (Catalogue, Key, domain_from_settings, module_from_settings,
                                             policy_from_settings)
@@ -103,8 +102,9 @@ def test_catalogue_searches(storage_url, path: str, expected: list[str]) -> None
     assert all(e["fullUrl"].startswith(f"{SEARCH_BASE}/{resource_type}/") for e in bundle["entry"])
 
 
-def test_catalogue_search_pages(sqlite_url) -> None:
-    with searching(sqlite_url) as client:
+@SQLITE_ONLY
+def test_catalogue_search_pages(storage_url) -> None:
+    with searching(storage_url) as client:
         first = _search(client, {"useContextIdentifier": ["MII"], "_count": ["20"]}, resource_type="ActivityDefinition")
         second = _search(client, parse_qs(urlsplit(first["link"][1]["url"]).query), resource_type="ActivityDefinition")
         refused = _search(client, {"context-type": ["Everything"]}, status=400, resource_type="Questionnaire")
@@ -112,16 +112,18 @@ def test_catalogue_search_pages(sqlite_url) -> None:
     assert refused["resourceType"] == "OperationOutcome"
 
 
-def test_catalogue_search_sees_only_the_clients_domains(sqlite_url) -> None:
-    with searching(sqlite_url) as client:
+@SQLITE_ONLY
+def test_catalogue_search_sees_only_the_clients_domains(storage_url) -> None:
+    with searching(storage_url) as client:
         bundle = _search(client, {}, key="mii-only-key", resource_type="ResearchStudy")
         assert [e["resource"]["title"] for e in bundle["entry"]] == ["MII"]
         _search(client, {"useContextIdentifier": ["num"]}, key="mii-only-key", status=401,
                 resource_type="ActivityDefinition")
 
 
-def test_searches_are_in_the_capability_statement(sqlite_url) -> None:
-    with searching(sqlite_url) as client:
+@SQLITE_ONLY
+def test_searches_are_in_the_capability_statement(storage_url) -> None:
+    with searching(storage_url) as client:
         statement = client.get(f"{BASE}/metadata").json()
     types = {r["type"]: r for r in statement["rest"][0].get("resource", [])}
     assert {"Consent", "ResearchStudy", "Questionnaire", "ActivityDefinition"} <= set(types)
@@ -250,8 +252,9 @@ MALFORMED = [
 ]
 
 
-def test_search_refuses_malformed_parameters(sqlite_url) -> None:
-    with searching(sqlite_url) as client:
+@SQLITE_ONLY
+def test_search_refuses_malformed_parameters(storage_url) -> None:
+    with searching(storage_url) as client:
         for query in MALFORMED:
             outcome = _search(client, query, status=400)
             assert outcome["resourceType"] == "OperationOutcome", query

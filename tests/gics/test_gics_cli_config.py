@@ -1,13 +1,15 @@
-"""`ttp-gateway gics ...` admin commands on the real store of every backend, and the checks of
-the `[gics]` configuration."""
+"""`ttp-gateway gics ...` admin commands on the real store of every backend, the checks of the
+`[gics]` configuration, and seeding it at start-up."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gics_helpers import BASE, DEMO_CONFIG, EXAMPLES, demo_settings, gateway, person, post
+from gics_helpers import BASE, DEMO_CONFIG, EXAMPLES, demo_config, demo_settings, gateway, person, post
+from ttp_gateway.core.app import create_app
 from ttp_gateway.core.cli import main
 from ttp_gateway.core.config import load_config
 from ttp_gateway.plugins.gics import service as gics_service
@@ -172,3 +174,20 @@ def test_configuration_problems(changes: dict, problem: str | None) -> None:
         assert problems == []
     else:
         assert problems and problem in problems[0], problems
+
+
+def test_workers_starting_together_seed_once(storage_url) -> None:
+    """Every worker stores the configured catalogue and consents at start-up; started together
+    on one store, they leave one catalogue and each configured consent once."""
+    def start(_: int):
+        app = create_app(demo_config(storage_url))
+        app.gateway.repository.close()
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(start, range(3)))
+    with gateway(storage_url) as client:  # and once more, later
+        answer = post(client, "allConsentsForDomain", {"resourceType": "Parameters", "parameter": [
+            {"name": "domain", "valueString": "MII"}]}).json()
+        studies = client.get(f"{BASE}/ResearchStudy").json()
+    assert answer["total"] == 6 and len({e["resource"]["id"] for e in answer["entry"]}) == 6
+    assert studies["total"] == 3

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gics_helpers import (BASE, assert_shape, demo_settings, example, gateway, post, shape)
-from gics_helpers import sqlite_url  # noqa: F401 - a fixture
+from gics_helpers import BASE, SQLITE_ONLY, assert_shape, demo_settings, example, gateway, post, shape
 from ttp_gateway.core.xmlcodec import parse_xml, to_xml
 
 # The guide's signatures carry images; the demo's consents were signed on paper only.
@@ -115,12 +114,13 @@ def test_example_in_json(case: Case, storage_url) -> None:
         assert_shape(answer.json(), expected, case.ignore)
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("case", [c for c in CASES if c.operation in ("isConsented", "currentPolicyStatesForPerson",
                                                                       "addConsent")], ids=_id)
-def test_example_in_xml(case: Case, sqlite_url) -> None:
+def test_example_in_xml(case: Case, storage_url) -> None:
     """XML in, XML out: the same answer as in JSON."""
     settings = demo_settings(persons=[f"Pseudonym|{p}" for p in case.persons], extra_consents=case.extra_consents)
-    with gateway(sqlite_url, settings) as client:
+    with gateway(storage_url, settings) as client:
         body = to_xml(example(case.request))
         answer = client.post(f"{BASE}/${case.operation}", content=body,
                              headers={"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"})
@@ -133,12 +133,13 @@ def test_example_in_xml(case: Case, sqlite_url) -> None:
         assert shape(resource, case.ignore) == shape(example(case.response), case.ignore)
 
 
-def test_operation_definitions_are_the_guides(sqlite_url) -> None:
+@SQLITE_ONLY
+def test_operation_definitions_are_the_guides(storage_url) -> None:
     """Names, uses, cardinalities and types of every parameter, as the guide declares them."""
     names = ["AddConsent", "AddConsentOptOut", "AllConsentsForDomain", "AllConsentsForPerson",
              "AllConsentsForTemplate", "AllPolicyStatesForPerson", "CurrentConsentForPersonAndTemplate",
              "CurrentPolicyStatesForPerson", "GetAllConsentedIdsFor", "IsConsented"]
-    with gateway(sqlite_url) as client:
+    with gateway(storage_url) as client:
         operations = {o["name"] for o in client.get(f"{BASE}/metadata").json()["rest"][0]["operation"]}
         assert operations == {n[0].lower() + n[1:] for n in names}
         for name in names:

@@ -18,9 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gics_helpers import (BASE, PSEUDONYM, count_consents, demo_settings, example, gateway, person, post,
-                          shape)
-from gics_helpers import sqlite_url  # noqa: F401 - a fixture
+from gics_helpers import (BASE, PSEUDONYM, SQLITE_ONLY, count_consents, demo_settings, example, gateway, person,
+                          post, shape)
 from ttp_gateway.core.observability import audit_trail
 from ttp_gateway.core.operations import bind, scoped_values
 from ttp_gateway.plugins.gics import store_mongo, store_sql
@@ -37,12 +36,6 @@ OPERATIONS = {op.name: op for op in GicsOperations().declarations()}
 @pytest.fixture
 def client(storage_url):
     with gateway(storage_url) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def sqlite_client(sqlite_url):
-    with gateway(sqlite_url) as test_client:
         yield test_client
 
 
@@ -164,8 +157,9 @@ def test_pages_follow_their_links_without_overlap(client) -> None:
     assert [e["resource"]["id"] for e in back["entry"]] == [e["resource"]["id"] for e in first["entry"]]
 
 
-def test_links_carry_the_public_base_url(sqlite_url) -> None:
-    with gateway(sqlite_url, server={"public_base_url": "https://ttp.example.org/ttp-fhir/fhir"}) as client:
+@SQLITE_ONLY
+def test_links_carry_the_public_base_url(storage_url) -> None:
+    with gateway(storage_url, server={"public_base_url": "https://ttp.example.org/ttp-fhir/fhir"}) as client:
         page = fetch_all(client, 2, 0)
     assert page["link"][1]["url"].startswith("https://ttp.example.org/ttp-fhir/fhir/gics/$allConsentsForDomain?")
 
@@ -179,9 +173,10 @@ def test_page_edges(client) -> None:
     assert len(defaults["entry"]) == 6 and "_count=100" in defaults["link"][0]["url"]
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("query", ["_count=-1", "_offset=1e3", "_count=" + "9" * 12, "_offset=%C2%B2"])
-def test_page_parameters_are_checked(sqlite_client, query: str) -> None:
-    answer = sqlite_client.post(f"{BASE}/$allConsentsForDomain?{query}", json=domain_body())
+def test_page_parameters_are_checked(client, query: str) -> None:
+    answer = client.post(f"{BASE}/$allConsentsForDomain?{query}", json=domain_body())
     assert answer.status_code == 400 and answer.json()["resourceType"] == "OperationOutcome"
 
 
@@ -304,17 +299,18 @@ def test_is_consented_in_a_batch(client) -> None:
                                                                                   False]
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("profile, profiles, category", [
     (None, ["https://ths-greifswald.de/fhir/StructureDefinition/gics/Consent", PROFILE_DE], "document"),
     (PROFILE_DE + "|2.0.3", [PROFILE_DE], "document"),
     (PROFILE_MII, ["https://ths-greifswald.de/fhir/StructureDefinition/gics/Consent", PROFILE_MII],
      "2.16.840.1.113883.3.1937.777.24.2.184"),
 ])
-def test_profiles(sqlite_client, profile: str | None, profiles: list[str], category: str) -> None:
+def test_profiles(client, profile: str | None, profiles: list[str], category: str) -> None:
     body = example("Parameters-AllConsentsForPerson-request-example-1")
     if profile:
         body["parameter"].append({"name": "_profile", "valueCanonical": profile})
-    answer = post(sqlite_client, "allConsentsForPerson", body).json()
+    answer = post(client, "allConsentsForPerson", body).json()
     consent = next(e["resource"] for e in answer["entry"][0]["resource"]["entry"]
                    if e["resource"]["resourceType"] == "Consent")
     assert consent["meta"]["profile"] == profiles
@@ -432,6 +428,7 @@ def test_add_consent_refuses_what_does_not_fit_and_writes_nothing(client) -> Non
     assert count_consents(client) == 6
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("operation, parameters, status", [
     ("isConsented", [_person("x"), {"name": "domain", "valueString": "MII"},
                      {"name": "policy", "valueCoding": {"code": "Unbekannt"}}, {"name": "version", "valueString": "1.1"}],
@@ -466,8 +463,8 @@ def test_add_consent_refuses_what_does_not_fit_and_writes_nothing(client) -> Non
         {"name": "questionnaire", "valueCanonical": "https://ths-greifswald.de/fhir/gics/QuestionnaireComposed/MII/X|1"}],
      404),
 ])
-def test_whole_request_errors(sqlite_client, operation: str, parameters: list, status: int) -> None:
-    answer = post(sqlite_client, operation, {"resourceType": "Parameters", "parameter": parameters})
+def test_whole_request_errors(client, operation: str, parameters: list, status: int) -> None:
+    answer = post(client, operation, {"resourceType": "Parameters", "parameter": parameters})
     assert answer.status_code == status, answer.text
     assert answer.json()["resourceType"] == "OperationOutcome"
 
@@ -510,12 +507,13 @@ def test_hostile_input_gets_an_outcome_and_writes_nothing(client) -> None:
     assert count_consents(client) == 6
 
 
-def test_questionnaire_response_items_may_nest_and_carry_free_text(sqlite_client) -> None:
+@SQLITE_ONLY
+def test_questionnaire_response_items_may_nest_and_carry_free_text(client) -> None:
     def nest(parts: dict) -> None:
         response = parts["questionnaireResponse"]["resource"]
         response["item"] = [{"linkId": "group", "item": response["item"]},
                             {"linkId": "Bemerkung", "answer": [{"valueString": "frei"}]}]
-    answer = post(sqlite_client, "addConsent", _add_consent(nest))
+    answer = post(client, "addConsent", _add_consent(nest))
     assert answer.status_code == 200, answer.text
 
 
