@@ -1,13 +1,17 @@
 """The gICS store on MongoDB.
 
-Collections: the catalogue in `gics_domains`, `gics_policies`, `gics_modules`, `gics_templates`
-(one document per object version, its settings as `model.catalogue_settings` gives them); a
-consent in `gics_consents` with its signer ids (`signers`, "type|value", a multikey index finds a
-person's consents) and its signed policies (`policies`, each with the period a search compares);
-what it came with in `gics_consent_resources`; `gics_signer_ids` lists the signer id values of a
-domain in order, for pages over persons. `seq`, the order consents were recorded in, comes from
-a counter document that each recording unit increments: that write is also the lock that keeps
-two units from recording at once.
+Collections: the catalogue in `gics_catalogue`, one document per domain with the settings of the
+domain and of every policy, module and template version in it (`model.catalogue_settings`), as
+JSON text: the catalogue is small and read whole, and changing it rewrites its domain's
+document, which also keeps two writers of one domain apart. A consent in `gics_consents`, with
+its signer ids (`signers`, "type|value", a multikey index finds a person's consents) and its
+signed policies (`policy_rows`; and `policies`, each with what a search compares); what it came with in
+`gics_consent_resources`; `gics_signer_ids` lists the signer id values of a domain in order,
+for pages over persons. What no query looks into (settings, module answers, the resources a
+client sent) is kept as JSON text: field names in it are the client's or the configuration's,
+and MongoDB reserves some ("$...", names with dots). `seq`, the order consents were recorded
+in, comes from a counter document that each recording unit increments: that write is also the
+lock that keeps two units from recording at once.
 
 Inside a transaction a duplicate-key error aborts the whole unit, so writes read first what is
 there and insert only the rest; a racing unit conflicts with this one on the counter and runs
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
+import orjson
 from pymongo import ReturnDocument
 
 from ttp_gateway.backends.base import NotFound
@@ -26,13 +31,11 @@ from ttp_gateway.backends.mongo import MongoIndex, MongoSession
 
 from .model import (ConsentDomain, Key, Module, Policy, SignedConsent, SignedPolicy, SignerId, Template,
                     catalogue_settings, to_millis)
-from .store import (PERMITTING, ConsentStore, PolicyFilter, consent_of, module_rows, policy_end, signer_rows)
+from .store import PERMITTING, ConsentStore, PolicyFilter, consent_of, module_rows, policy_end, policy_rows
 
-VERSIONED = {Policy: "gics_policies", Module: "gics_modules", Template: "gics_templates"}
-_VERSION_KEY = [("domain", 1), ("name", 1), ("version", 1)]
+KINDS = {Policy: "policies", Module: "modules", Template: "templates"}
 INDEXES = {
-    "gics_domains": [MongoIndex("gics_domain_name", [("name", 1)], unique=True)],
-    **{name: [MongoIndex(f"{name}_key", _VERSION_KEY, unique=True)] for name in VERSIONED.values()},
+    "gics_catalogue": [MongoIndex("gics_catalogue_domain", [("domain", 1)], unique=True)],
     "gics_consents": [
         MongoIndex("gics_consent_seq", [("seq", 1)], unique=True),
         MongoIndex("gics_consent_id", [("id", 1)], unique=True),
@@ -49,14 +52,14 @@ INDEXES = {
 }
 COLLECTIONS = ("gics_counters",)
 _CONSENT_FIELDS = {"_id": 0, "seq": 1, "id": 1, "domain": 1, "template_name": 1, "template_version": 1,
-                   "template_type": 1, "signed_at": 1, "recorded_at": 1, "signer_ids": 1, "modules": 1,
-                   "policies": 1}
+                   "template_type": 1, "signed_at": 1, "recorded_at": 1, "signers": 1, "modules": 1,
+                   "policy_rows": 1}
 
 
 class MongoConsentStore(ConsentStore):
     def __init__(self, session: MongoSession) -> None:
         self._session = session
-        self._domains = session.collection("gics_domains")
+        self._catalogue = session.collection("gics_catalogue")
         self._consents = session.collection("gics_consents")
         self._resources = session.collection("gics_consent_resources")
         self._signers = session.collection("gics_signer_ids")
@@ -64,35 +67,47 @@ class MongoConsentStore(ConsentStore):
 
     # --- the catalogue ----------------------------------------------------------------------
     def load_catalogue(self) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-        domains = [d["settings"] for d in self._domains.find({}, {"_id": 0, "settings": 1}, sort=[("name", 1)])]
-        return (domains, *(  # type: ignore[return-value]
-            [d["settings"] for d in self._session.collection(name).find({}, {"_id": 0, "settings": 1},
-                                                                         sort=_VERSION_KEY)]
-            for name in VERSIONED.values()))
+        found: tuple[list[dict], list[dict], list[dict], list[dict]] = ([], [], [], [])
+        for document in self._catalogue.find({}, {"_id": 0}, sort=[("domain", 1)]):
+            found[0].append(_loads(document["settings"]))
+            versions = _loads(document["versions"])
+            for index, kind in enumerate(KINDS.values(), start=1):
+                found[index].extend(versions[kind])
+        return found
 
     def put_domains(self, domains: Sequence[ConsentDomain]) -> list[bool]:
-        known = {d["name"] for d in self._domains.find({"name": {"$in": [d.name for d in domains]}},
-                                                       {"_id": 0, "name": 1})}
+        created = []
         for item in domains:
-            self._domains.update_one({"name": item.name}, {"$set": {"settings": catalogue_settings(item)}},
-                                     upsert=True)
-        return [d.name not in known for d in domains]
+            result = self._catalogue.update_one(
+                {"domain": item.name}, {"$set": {"settings": _dumps(catalogue_settings(item))},
+                                        "$setOnInsert": {"versions": _dumps({kind: [] for kind in KINDS.values()})}},
+                upsert=True)
+            created.append(result.upserted_id is not None)
+        return created
 
     def put_versions(self, items: Sequence[Policy | Module | Template]) -> list[bool]:
-        self._require({i.domain for i in items})
+        names = sorted({i.domain for i in items})
+        documents = {d["domain"]: d for d in self._catalogue.find({"domain": {"$in": names}},
+                                                                   {"_id": 0, "domain": 1, "versions": 1})}
+        if len(documents) != len(names):
+            raise NotFound("a consent domain this unit refers to is not in the store")
+        versions = {name: {kind: {(v["name"], v["version"]): v for v in found}
+                           for kind, found in _loads(documents[name]["versions"]).items()} for name in names}
         created = []
         for item in items:
-            collection = self._session.collection(VERSIONED[type(item)])
-            key = {"domain": item.domain, "name": item.name, "version": item.version}
-            known = collection.find_one(key, {"_id": 1}) is not None
-            collection.update_one(key, {"$set": {"settings": catalogue_settings(item)}}, upsert=True)
-            created.append(not known)
+            kept = versions[item.domain][KINDS[type(item)]]
+            created.append((item.name, item.version) not in kept)
+            kept[(item.name, item.version)] = catalogue_settings(item)
+        for name in names:
+            ordered = {kind: [found[key] for key in sorted(found)] for kind, found in versions[name].items()}
+            self._catalogue.update_one({"domain": name}, {"$set": {"versions": _dumps(ordered)}})
         return created
 
     def _require(self, domains: set[str]) -> None:
         if not domains:
             return
-        found = {d["name"] for d in self._domains.find({"name": {"$in": sorted(domains)}}, {"_id": 0, "name": 1})}
+        found = {d["domain"] for d in self._catalogue.find({"domain": {"$in": sorted(domains)}},
+                                                           {"_id": 0, "domain": 1})}
         if found != domains:
             raise NotFound("a consent domain this unit refers to is not in the store")
 
@@ -120,8 +135,8 @@ class MongoConsentStore(ConsentStore):
             self._consents.insert_many([_document(item, f) for f, item in zip(new, stored)], ordered=True)
             self._signers.insert_many([{"domain": item.domain, "type": s.type, "value": s.value, "seq": item.seq}
                                        for item in stored for s in sorted(item.signer_ids)], ordered=True)
-            self._resources.insert_many([{"seq": item.seq, "resources": dict(item.resources)} for item in stored],
-                                        ordered=True)
+            self._resources.insert_many([{"seq": item.seq, "resources": _dumps(dict(item.resources))}
+                                         for item in stored], ordered=True)
         return [kept[f] for f in fingerprints]
 
     def consents_of_persons(self, domain: str, signer_ids: Sequence[SignerId], *,
@@ -202,7 +217,7 @@ class MongoConsentStore(ConsentStore):
     def _found(self, documents: list[dict[str, Any]], resources: bool) -> list[SignedConsent]:
         found = [_consent(d) for d in documents]
         if resources and found:
-            given = {d["seq"]: d["resources"] for d in self._resources.find(
+            given = {d["seq"]: _loads(d["resources"]) for d in self._resources.find(
                 {"seq": {"$in": [c.seq for c in found]}}, {"_id": 0, "seq": 1, "resources": 1})}
             found = [replace(c, resources=given.get(c.seq, {})) for c in found]
         return found
@@ -259,17 +274,25 @@ def _document(item: SignedConsent, fingerprint: str) -> dict[str, Any]:
     return {"seq": item.seq, "id": item.id, "fingerprint": fingerprint, "domain": item.domain,
             "template_name": item.template.name, "template_version": item.template.version,
             "template_type": item.template_type.value, "signed_at": start, "recorded_at": to_millis(item.recorded),
-            "signer_ids": signer_rows(item.signer_ids), "signers": [str(s) for s in sorted(item.signer_ids)],
-            "modules": module_rows(item),
-            "policies": [{"name": p.name, "version": p.version, "status": p.status.value,
-                          "expires": None if p.expires is None else to_millis(p.expires), "start": start,
-                          "end": policy_end(p)} for p in item.policies]}
+            "signers": [str(s) for s in sorted(item.signer_ids)], "modules": _dumps(module_rows(item)),
+            "policy_rows": _dumps(policy_rows(item)),
+            # what searches compare, in the order of `policy_rows`
+            "policies": [{"name": p.name, "status": p.status.value, "start": start, "end": policy_end(p)}
+                         for p in item.policies]}
 
 
 def _consent(document: dict[str, Any]) -> SignedConsent:
     return consent_of(
         seq=document["seq"], id=document["id"], domain=document["domain"], template_name=document["template_name"],
         template_version=document["template_version"], template_type=document["template_type"],
-        signed_at=document["signed_at"], recorded_at=document["recorded_at"], signer_ids=document["signer_ids"],
-        modules=document["modules"],
-        policies=[(p["name"], p["version"], p["status"], p["expires"]) for p in document["policies"]])
+        signed_at=document["signed_at"], recorded_at=document["recorded_at"],
+        signer_ids=[signer.split("|", 1) for signer in document["signers"]], modules=_loads(document["modules"]),
+        policies=_loads(document["policy_rows"]))
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _loads(text: str) -> Any:
+    return orjson.loads(text)
