@@ -122,6 +122,7 @@ class GatewayApp:
             Route(self.base_path + "/{endpoint:path}/metadata", self.metadata, methods=["GET"]),
             Route(self.base_path + "/{endpoint:path}/OperationDefinition/{id}", self.definition, methods=["GET"]),
             Route(self.base_path + "/{endpoint:path}/{resource_type}", self.search, methods=["GET"]),
+            Route(self.base_path + "/{endpoint:path}", self.system_batch, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
@@ -195,18 +196,25 @@ class GatewayApp:
         path = scope["path"]
         if len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path[:-1]}  # served like the path without it; no redirect
+        partial: tuple[Route, dict[str, Any]] | None = None
         for route in self._routes:
             match, child = route.matches(scope)
-            if match is Match.FULL:
+            if match is Match.FULL and self._serves(route, child["path_params"]):
                 return route.endpoint, child["path_params"]
-            if match is Match.PARTIAL:  # the path, but not the method
-                params = child["path_params"]
-                op = self.operations.lookup(params["endpoint"], params["operation"]) \
-                    if route.endpoint == self.invoke else None
-                if op is not None and not op.allows_get(params["operation"]):
-                    raise MethodNotAllowed(("POST",), f"${params['operation']} allows POST only")
-                raise MethodNotAllowed(tuple(sorted(route.methods or ())))
-        raise NotFound("there is nothing at this path", issue_code="not-found")
+            if match is Match.PARTIAL and partial is None:  # the path, but not the method
+                partial = route, child["path_params"]
+        if partial is None:
+            raise NotFound("there is nothing at this path", issue_code="not-found")
+        route, params = partial
+        op = self.operations.lookup(params["endpoint"], params["operation"]) if route.endpoint == self.invoke else None
+        if op is not None and not op.allows_get(params["operation"]):
+            raise MethodNotAllowed(("POST",), f"${params['operation']} allows POST only")
+        raise MethodNotAllowed(tuple(sorted(route.methods or ())))
+
+    def _serves(self, route: Route, params: dict[str, Any]) -> bool:
+        """Whether a route whose path matched answers it: a Bundle posted to a path is a batch
+        only where the path is an endpoint's base (elsewhere it is another route's path)."""
+        return route.endpoint != self.system_batch or params["endpoint"] in self.operations.by_endpoint
 
     # --- operations ---------------------------------------------------------------------------
     async def invoke(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
@@ -218,37 +226,14 @@ class GatewayApp:
                 raise NotFound("there is no such endpoint", issue_code="not-found")
             raise NotFound(f"this operation is not provided at endpoint {endpoint!r}", issue_code="not-supported")
         request.op, request.operation = op, op.name
-        headers = request.headers
         via_get = request.scope["method"] in ("GET", "HEAD")  # HEAD: a GET without the answer's body
         if via_get and not op.allows_get(name):
             raise MethodNotAllowed(("POST",), f"${name} changes state: use POST")
-        client: Client | None = None
-        if self.auth.header_credentials(headers):  # refused callers are not read further
-            client = self._authorised(await self._authenticate(headers, None, endpoint), op)
-        if client is not None or self.auth.allows_anonymous(endpoint):
-            limit = self.limits.max_body_bytes
-        else:  # the key can only be in the body: read little until it is known
-            limit = min(self.limits.max_body_bytes, self.limits.max_unauthenticated_body_bytes)
-        if via_get:
-            body, resource = b"", _query_parameters(request.scope)
-            codec.check_strings(resource)
-        else:
-            body = await self._read_body(receive, headers.get("content-length"), limit)
-            in_format = codec.request_format(headers.get("content-type"), body)
-            if "content-type" not in headers:  # no Content-Type: answer in the body's format
-                request.negotiate(in_format)
-            if len(body) > INLINE_DECODE:
-                resource = await run_in_threadpool(codec.decode, body, in_format)
-            else:
-                resource = codec.decode(body, in_format)
-        body_key = _pop_body_key(resource)  # removed either way: operations never see it
-        if client is None:
-            client = self._authorised(await self._authenticate(headers, body_key, endpoint), op)
-        request.client = client
+        body, resource, client = await self._received(request, receive, endpoint, op, via_get)
         budget = Budget(self.limits.max_items, self.limits.max_created, self.limits.max_depth)
         fmt = request.fmt
         if resource["resourceType"] == "Bundle" and (op.batch or op.transaction):
-            calls = self._bind_batch(op, resource, client, budget)
+            calls = self._bind_batch(endpoint, op, resource, client, budget)
             for call in calls:
                 if isinstance(call, Call):
                     call.query = _query(request.scope)
@@ -268,23 +253,81 @@ class GatewayApp:
                 answer = await run_in_threadpool(self.executor.run, op, call, fmt)
         return answer.status, answer
 
+    async def system_batch(self, request: "_Request", receive: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        """A `batch` or `transaction` Bundle posted to an endpoint's base: each entry names its
+        operation in `request.url` (`$name`, relative or absolute), as FHIR clients send lists."""
+        endpoint = params["endpoint"]
+        request.endpoint, request.operation, request.observed = endpoint, "", True
+        _, resource, client = await self._received(request, receive, endpoint, None, False)
+        if resource["resourceType"] != "Bundle" or resource.get("type") not in ("batch", "transaction"):
+            raise InvalidRequest(f"POST to the base of {endpoint!r} takes a batch or transaction Bundle; "
+                                 "operations are posted to [base]/$name")
+        calls = self._bind_batch(endpoint, None, resource, client,
+                                 Budget(self.limits.max_items, self.limits.max_created, self.limits.max_depth))
+        for call in calls:
+            if isinstance(call, Call):
+                call.query = _query(request.scope)
+        ops = {call.operation for call in calls if isinstance(call, Call)}
+        op = ops.pop() if len(ops) == 1 else None
+        if op is not None:
+            request.op, request.operation = op, op.name
+        answer = await run_in_threadpool(self.executor.run_batch, op, calls, request.fmt,
+                                         resource.get("type") == "transaction")
+        return answer.status, answer
+
+    async def _received(self, request: "_Request", receive: Receive, endpoint: str, op: Operation | None,
+                        via_get: bool) -> tuple[bytes, dict[str, Any], Client]:
+        """The request's body (decoded) and its caller, allowed to call `op` (any operation of
+        the endpoint when None: each entry of a Bundle is checked for its own)."""
+        headers = request.headers
+        client: Client | None = None
+        if self.auth.header_credentials(headers):  # refused callers are not read further
+            client = self._authorised(await self._authenticate(headers, None, endpoint), endpoint, op)
+        if client is not None or self.auth.allows_anonymous(endpoint):
+            limit = self.limits.max_body_bytes
+        else:  # the key can only be in the body: read little until it is known
+            limit = min(self.limits.max_body_bytes, self.limits.max_unauthenticated_body_bytes)
+        if via_get:
+            body, resource = b"", _query_parameters(request.scope)
+            codec.check_strings(resource)
+        else:
+            body = await self._read_body(receive, headers.get("content-length"), limit)
+            in_format = codec.request_format(headers.get("content-type"), body)
+            if "content-type" not in headers:  # no Content-Type: answer in the body's format
+                request.negotiate(in_format)
+            if len(body) > INLINE_DECODE:
+                resource = await run_in_threadpool(codec.decode, body, in_format)
+            else:
+                resource = codec.decode(body, in_format)
+        body_key = _pop_body_key(resource)  # removed either way: operations never see it
+        if client is None:
+            client = self._authorised(await self._authenticate(headers, body_key, endpoint), endpoint, op)
+        request.client = client
+        return body, resource, client
+
     async def _authenticate(self, headers: dict[str, str], body_key: str | None, endpoint: str) -> Client:
         if self.auth.blocking(headers):  # argon2, or fetching a token issuer's keys
             return await run_in_threadpool(self.auth.authenticate, headers, body_key, endpoint)
         return self.auth.authenticate(headers, body_key, endpoint)
 
     @staticmethod
-    def _authorised(client: Client, op: Operation) -> Client:
+    def _authorised(client: Client, endpoint: str, op: Operation | None) -> Client:
+        if op is None:
+            if not client.may_enter(endpoint):
+                raise NotAuthenticated(f"this caller may not call operations at {endpoint!r}")
+            return client
         if not client.may_call(op.endpoint, op.name):
             raise NotAuthenticated(f"this caller may not call ${op.name} at {op.endpoint!r}")
         return client.for_call(op.endpoint, op.name)
 
-    def _bind_batch(self, op: Operation, bundle: dict[str, Any], client: Client,
+    def _bind_batch(self, endpoint: str, op: Operation | None, bundle: dict[str, Any], client: Client,
                     budget: Budget) -> list[Call | FhirError]:
-        """The calls of a `batch` (or `transaction`) Bundle of Parameters, each entry one call;
-        entries that cannot be bound are answered alone (in a transaction, they fail it)."""
-        kinds = [kind for kind, accepted in (("batch", op.batch), ("transaction", op.transaction)) if accepted]
-        if bundle.get("type") not in kinds:
+        """The calls of a `batch` (or `transaction`) Bundle of Parameters, each entry one call of
+        `op`, or when None of the operation its `request.url` names; entries that cannot be bound
+        are answered alone (in a transaction, they fail it)."""
+        kind = bundle.get("type")
+        if op is not None and not _takes_bundle(op, kind):
+            kinds = [k for k, accepted in (("batch", op.batch), ("transaction", op.transaction)) if accepted]
             raise InvalidRequest(f"${op.name} accepts Bundles of type {' or '.join(repr(k) for k in kinds)}")
         entries = bundle.get("entry", [])
         if not isinstance(entries, list):
@@ -298,20 +341,38 @@ class GatewayApp:
                 request = entry.get("request")
                 if request is not None and not isinstance(request, dict):
                     raise InvalidRequest(f"entry {index + 1}: request must be an object")
-                url = (request or {}).get("url", "")
-                if not isinstance(url, str):
-                    raise InvalidRequest(f"entry {index + 1}: request.url must be a string")
-                name = url.rsplit("/", 1)[-1].split("?", 1)[0].lstrip("$")
-                if name and self.operations.lookup(op.endpoint, name) is not op:
+                url, method = (request or {}).get("url", ""), (request or {}).get("method", "POST")
+                if not isinstance(url, str) or not isinstance(method, str):
+                    raise InvalidRequest(f"entry {index + 1}: request.url and request.method must be strings")
+                if method != "POST":
+                    raise InvalidRequest(f"entry {index + 1}: operations in a Bundle are called with POST")
+                name = url.rsplit("/", 1)[-1].split("?", 1)[0]
+                if op is None:
+                    calls.append(self._bind_entry(endpoint, name, kind, entry["resource"], client, budget, index))
+                    continue
+                if name and self.operations.lookup(op.endpoint, name.lstrip("$")) is not op:
                     raise InvalidRequest(f"entry {index + 1} asks for another operation")
                 calls.append(self._bind(op, entry["resource"], client, budget))
             except PayloadTooLarge:
                 raise  # a limit of the whole request
             except FhirError as error:
-                if bundle.get("type") == "transaction":
+                if kind == "transaction":
                     raise
                 calls.append(error)
         return calls
+
+    def _bind_entry(self, endpoint: str, name: str, kind: Any, resource: dict[str, Any], client: Client,
+                    budget: Budget, index: int) -> Call:
+        """An entry of a Bundle posted to the endpoint's base: the operation its URL names."""
+        if not name.startswith("$"):
+            raise InvalidRequest(f"entry {index + 1}: request.url must name an operation ($name)")
+        op = self.operations.lookup(endpoint, name[1:])
+        if op is None:
+            raise NotFound(f"entry {index + 1}: this operation is not provided at endpoint {endpoint!r}",
+                           issue_code="not-supported")
+        if not _takes_bundle(op, kind):
+            raise InvalidRequest(f"entry {index + 1}: ${op.name} cannot be part of a {kind} Bundle")
+        return self._bind(op, resource, self._authorised(client, endpoint, op), budget)
 
     def _bind(self, op: Operation, resource: dict[str, Any], client: Client, budget: Budget) -> Call:
         if resource.get("resourceType") != "Parameters":
@@ -368,7 +429,8 @@ class GatewayApp:
             raise NotFound("there is nothing at this path")
         request.endpoint, request.operation, request.observed = endpoint, resource_type, True
         op = request.op = search.as_operation()
-        client = request.client = self._authorised(await self._authenticate(request.headers, None, endpoint), op)
+        client = request.client = self._authorised(await self._authenticate(request.headers, None, endpoint),
+                                                       endpoint, op)
         query = _query(request.scope)
         codec.check_strings(query)
         if sum(len(values) for values in query.values()) > self.limits.max_items:
@@ -509,6 +571,10 @@ def _query_pairs(raw: bytes) -> list[tuple[str, str]]:
         return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise CodecError("the URL query is not valid UTF-8") from None
+
+
+def _takes_bundle(op: Operation, kind: Any) -> bool:
+    return (kind == "batch" and op.batch) or (kind == "transaction" and op.transaction)
 
 
 def _pop_body_key(resource: dict[str, Any]) -> str | None:

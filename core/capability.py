@@ -84,6 +84,12 @@ def capability_statement(endpoint: str, operations: Iterable[Operation], base_ur
                           for op in operations],
         }],
     }
+    # A Bundle posted to the base runs the operations its entries name (those that take Bundles).
+    interactions = [{"code": kind} for kind, taken in (("batch", any(op.batch for op in operations)),
+                                                       ("transaction", any(op.transaction for op in operations)))
+                    if taken]
+    if interactions:
+        statement["rest"][0]["interaction"] = interactions
     return _checked(CapabilityStatement, statement)
 
 

@@ -115,19 +115,22 @@ class Executor:
                 raise
         raise AssertionError("unreachable")
 
-    def run_batch(self, op: Operation, calls: list[Call | FhirError], fmt: codec.Format,
+    def run_batch(self, op: Operation | None, calls: list[Call | FhirError], fmt: codec.Format,
                   transaction: bool = False) -> Answer:
         """A `batch` Bundle: each entry one call, answered in a `batch-response` entry; or a
-        `transaction` Bundle, all entries or none."""
+        `transaction` Bundle, all entries or none. `op` is the operation of every entry, or None
+        when the entries name several (a Bundle posted to an endpoint's base)."""
         excluded: dict[int, dict[str, Any]] = {}  # entries dropped from a unit without savepoints
+        writes = op.affects_state if op is not None else \
+            any(call.operation.affects_state for call in calls if isinstance(call, Call))
         attempt = 0
         while True:
-            unit = self._repository.begin() if op.affects_state else None
+            unit = self._repository.begin() if writes else None
             try:
-                if op.batch_handler is not None:
+                if op is not None and op.batch_handler is not None:
                     answers, restart = self._handled_together(op, calls, unit), False
                 else:
-                    answers, restart = self._entries(op, calls, unit, excluded, transaction)
+                    answers, restart = self._entries(calls, unit, excluded, transaction)
                 if restart:
                     if unit is not None:
                         unit.rollback()
@@ -182,7 +185,7 @@ class Executor:
                 answers.append(_entry(*_entry_answer(result)))
         return answers
 
-    def _entries(self, op: Operation, calls: list[Call | FhirError], unit: WriteUnit | None,
+    def _entries(self, calls: list[Call | FhirError], unit: WriteUnit | None,
                  excluded: dict[int, dict[str, Any]], transaction: bool = False) -> tuple[list[dict[str, Any]], bool]:
         answers: list[dict[str, Any]] = []
         for index, call in enumerate(calls):
@@ -196,7 +199,7 @@ class Executor:
             call.audits.clear()
             try:
                 with unit.savepoint() if unit is not None else nullcontext():
-                    status, resource, outcome = _entry_answer(op.handler(call))
+                    status, resource, outcome = _entry_answer(_answer_entry(call))
                     if status >= 400:
                         raise _EntryFailed(status, resource, outcome)
                 answers.append(_entry(status, resource, outcome))
@@ -211,7 +214,7 @@ class Executor:
                 status, outcome = storage_failure(error)
                 entry = _error_entry(status, outcome)
             except Exception:  # noqa: BLE001 - one entry's bug must not fail the others
-                status, outcome = internal_error("batch entry", op)
+                status, outcome = internal_error("batch entry", call.operation)
                 entry = _error_entry(status, outcome)
             if transaction:  # the whole unit is rolled back: no savepoint needed
                 answers.append(entry)
@@ -229,6 +232,18 @@ class Executor:
             raise PayloadTooLarge(f"the answer would exceed {self._max_answer} bytes; send fewer items "
                                   "per request")
         return content
+
+
+def _answer_entry(call: Call) -> Any:
+    """One entry's answer, as its operation answers entries of a Bundle: through its batch
+    handler where it has one (a Bundle of several operations runs entry by entry)."""
+    op = call.operation
+    if op.batch_handler is None:
+        return op.handler(call)
+    result = op.batch_handler([call])[0]
+    if isinstance(result, FhirError):
+        raise result
+    return result
 
 
 class _EntryFailed(Exception):

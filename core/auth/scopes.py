@@ -83,6 +83,12 @@ class Client:
                 and (_allows(self.operations, operation)
                      or _allows(self.operations, f"{endpoint}/{operation}")))
 
+    def may_enter(self, endpoint: str) -> bool:
+        """Whether any operation of the endpoint may be allowed to this caller."""
+        if self.grants:
+            return any(grant.may_enter(endpoint) for grant in self.grants)
+        return _allows(self.endpoints, endpoint)
+
     def may_use(self, scope: str, value: str) -> bool:
         if self.grants:
             return any(grant.may_use(scope, value) for grant in self.grants)

@@ -621,6 +621,7 @@ def bundle_cases(make: _Maker) -> None:
     op = "pseudonymizePatient"
     good_entry = {"request": {"method": "POST", "url": "$pseudonymizePatient"},
                   "resource": _resource(parameters(op))}
+    base = f"{BASE}/{BASELINES[op][0]}"  # a Bundle posted to the endpoint's base: entries name operations
     for label, bundle in (
             ("transaction", {"resourceType": "Bundle", "type": "transaction", "entry": [good_entry]}),
             ("collection", {"resourceType": "Bundle", "type": "collection", "entry": [good_entry]}),
@@ -632,6 +633,8 @@ def bundle_cases(make: _Maker) -> None:
                                     "entry": [good_entry] * (LIMITS["max_items"] + 1)})):
         status = 413 if label == "entries-over-limit" else 400
         make.post(f"{op}:bundle-{label}", op, bundle, status=status)
+        make.post(f"base:{op}:bundle-{label}", op, bundle, status=status, path=base)
+    make.post(f"base:{op}:parameters", op, _resource(parameters(op)), path=base)
     broken_entries = {
         "entry-number": 5, "entry-null": None, "entry-list": [good_entry],
         "no-resource": {"request": good_entry["request"]},
@@ -656,9 +659,14 @@ def bundle_cases(make: _Maker) -> None:
             continue
         make.post(f"{op}:batch-{label}", op, {"resourceType": "Bundle", "type": "batch", "entry": [entry, entry]},
                   status=200 if status != 413 else 413, batch=status != 413)
+        make.post(f"base:{op}:batch-{label}", op, {"resourceType": "Bundle", "type": "batch", "entry": [entry, entry]},
+                  status=200 if status != 413 else 413, batch=status != 413, path=base)
     for other in ("pseudonymize", "pseudonymizeAllowCreate", "requestPsnWorkflow", "providePatientData"):
-        make.post(f"{other}:bundle-not-accepted", other, {"resourceType": "Bundle", "type": "batch", "entry": [
-            {"request": {"method": "POST", "url": f"${other}"}, "resource": _resource(parameters(other))}]})
+        not_accepted = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "POST", "url": f"${other}"}, "resource": _resource(parameters(other))}]}
+        make.post(f"{other}:bundle-not-accepted", other, not_accepted)
+        make.post(f"base:{other}:bundle-not-accepted", other, not_accepted, status=200, batch=True,
+                  path=f"{BASE}/{BASELINES[other][0]}")
     for fmt in ("json", "xml"):
         make.post(f"{op}:batch-all-entries-unknown-study-{fmt}", op, {"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "POST", "url": "$pseudonymizePatient"},

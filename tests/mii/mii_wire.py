@@ -59,10 +59,12 @@ def bundle(operation: str, calls: list[dict], kind: str = "batch") -> dict:
          "request": {"method": "POST", "url": f"${operation}"}} for index, resource in enumerate(calls)]}
 
 
-def post(client, operation: str, resource: dict, fmt: str = JSON, base: str = BASE) -> tuple[int, dict]:
-    """POST a resource in JSON or XML; the status and the answer, read in the same format."""
+def post(client, operation: str | None, resource: dict, fmt: str = JSON, base: str = BASE) -> tuple[int, dict]:
+    """POST a resource in JSON or XML to `$operation`, or to the base itself when None (a Bundle
+    whose entries name their operations); the status and the answer, read in the same format."""
     body = to_xml(resource) if fmt == XML else orjson.dumps(resource)
-    response = client.post(f"{base}/${operation}", content=body, headers={"Content-Type": fmt, "Accept": fmt})
+    url = base if operation is None else f"{base}/${operation}"
+    response = client.post(url, content=body, headers={"Content-Type": fmt, "Accept": fmt})
     assert response.headers["content-type"].startswith(fmt), response.headers["content-type"]
     return response.status_code, parse_xml(response.content) if fmt == XML else response.json()
 

@@ -122,6 +122,22 @@ def test_example_replays(client, case: Case, fmt: str) -> None:
         check_echoes(sent["resource"], got["resource"])
 
 
+BUNDLE_CASES = [c for c in CASES if c.request["resourceType"] == "Bundle"]
+
+
+@pytest.mark.parametrize("fmt", [JSON, XML], ids=["json", "xml"])
+@pytest.mark.parametrize("case", BUNDLE_CASES, ids=[c.id for c in BUNDLE_CASES])
+def test_bundle_examples_posted_to_the_base(client, case: Case, fmt: str) -> None:
+    # FHIR clients post a batch to the server's base; each entry's request.url names the operation.
+    if case.prepare:
+        case.prepare(client)
+    status, answer = post(client, None, copy.deepcopy(case.request), fmt)
+    assert status == case.status, answer
+    same_shape(answer, case.expected, case.volatile)
+    for sent, got in zip(case.request["entry"], answer["entry"]):
+        check_echoes(sent["resource"], got["resource"])
+
+
 def check_echoes(request: dict, answer: dict) -> None:
     """Every `context`, `original` and `pseudonym` an answer repeats is the request's own."""
     if answer["resourceType"] != "Parameters":

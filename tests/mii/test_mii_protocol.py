@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, client_for
-from mii_wire import BASE, bundle, call, post, status_code
+from mii_wire import BASE, bundle, call, parameter, post, status_code
 from ttp_gateway.core.app import config_problems, load_gateway_plugins
 from ttp_gateway.core.config import ConfigError
 from ttp_gateway.plugins.mii_psn.operations import CANONICAL
@@ -243,3 +243,86 @@ def test_reads_are_not_writes_over_get(client) -> None:
     """FHIR allows GET only with primitive parameters; Identifiers cannot travel in a query."""
     assert client.get(f"{BASE}/$get-pseudonym?context=Transfer1&original=D1CL0CAL1").status_code == 400
     assert client.get(f"{BASE}/$pseudonymize?context=Transfer1&original=D1CL0CAL1").status_code == 405
+
+
+# --- Bundles posted to the endpoint's base ------------------------------------------------------------
+
+def entries(*calls: tuple[str, dict], method: str = "POST") -> list[dict]:
+    return [{"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{index:012d}", "resource": resource,
+             "request": {"method": method, "url": url}} for index, (url, resource) in enumerate(calls)]
+
+
+def test_a_bundle_at_the_base_runs_each_entry_as_its_url_names(demo_config) -> None:
+    with client_for(demo_config) as client:
+        status, answer = post(client, None, {"resourceType": "Bundle", "type": "batch", "entry": entries(
+            ("$pseudonymize", call("Transfer1", "B-1")),
+            (f"{BASE}/$get-pseudonym", call("Transfer1", "D1CL0CAL2")),  # a URL with the base, as some send it
+            ("$get-pseudonym", call("Transfer1", "D1CL0CAL1")),
+            ("$de-pseudonymize", call("Transfer1", pseudonym="H3RAU56A8E")),
+            ("$no-such-operation", call("Transfer1", "B-1")),
+            ("pseudonymize", call("Transfer1", "B-2")),  # not an operation's URL
+        )})
+        assert status == 200 and answer["type"] == "batch-response"
+        assert [status_code(e) for e in answer["entry"]] == ["201", "200", "200", "200", "404", "400"]
+        created = next(p for p in answer["entry"][0]["resource"]["parameter"] if p["name"] == "pseudonym")
+        looked_up = post(client, "get-pseudonym", call("Transfer1", "B-1"))[1]
+        assert parameter(looked_up, "pseudonym")["value"] == created["valueIdentifier"]["value"]
+        assert parameter(answer["entry"][1]["resource"], "pseudonym")["value"] == "K7MWQ2XZ4P"
+        assert answer["entry"][4]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
+        assert post(client, "get-pseudonym", call("Transfer1", "B-2"))[0] == 404
+
+
+def test_a_transaction_at_the_base_is_all_or_nothing(demo_config) -> None:
+    with client_for(demo_config) as client:
+        status, answer = post(client, None, {"resourceType": "Bundle", "type": "transaction", "entry": entries(
+            ("$pseudonymize", call("Transfer1", "T-1")),
+            ("$pseudonymize", call("no-such-domain", "T-2")),
+        )})
+        assert status == 404 and answer["resourceType"] == "OperationOutcome"
+        assert post(client, "get-pseudonym", call("Transfer1", "T-1"))[0] == 404  # nothing was written
+        status, answer = post(client, None, {"resourceType": "Bundle", "type": "transaction", "entry": entries(
+            ("$pseudonymize", call("Transfer1", "T-1")),
+            ("$pseudonymize-multiple", call("MultiPsnDomain", "T-1", count=2)),
+        )})
+        assert status == 200 and answer["type"] == "transaction-response"
+        assert post(client, "get-pseudonym", call("Transfer1", "T-1"))[0] == 200
+
+
+def test_entries_at_the_base_are_scoped_each_to_its_operation(demo_config) -> None:
+    config = scoped(demo_config, endpoints=["gpas/v2"], operations=["get-pseudonym"])
+    with client_for(config, apikey="site-key") as client:
+        status, answer = post(client, None, {"resourceType": "Bundle", "type": "batch", "entry": entries(
+            ("$pseudonymize", call("Transfer1", "S-1")),
+            ("$get-pseudonym", call("Transfer1", "D1CL0CAL1")),
+        )})
+        assert status == 200 and [status_code(e) for e in answer["entry"]] == ["401", "200"]
+    with client_for(scoped(demo_config, endpoints=["gpas"]), apikey="site-key") as client:
+        status, answer = post(client, None, {"resourceType": "Bundle", "type": "batch", "entry": entries(
+            ("$get-pseudonym", call("Transfer1", "D1CL0CAL1")))})
+        assert status == 401
+    with client_for(demo_config) as client:
+        assert post(client, "get-pseudonym", call("Transfer1", "S-1"))[0] == 404
+
+
+def test_the_base_takes_only_batch_and_transaction_bundles(demo_config) -> None:
+    with client_for(demo_config) as client:
+        status, answer = post(client, None, call("Transfer1", "P-1"))
+        assert status == 400 and answer["resourceType"] == "OperationOutcome"
+        status, _ = post(client, None, {"resourceType": "Bundle", "type": "collection", "entry": entries(
+            ("$pseudonymize", call("Transfer1", "P-1")))})
+        assert status == 400
+        status, answer = post(client, None, {"resourceType": "Bundle", "type": "batch", "entry": entries(
+            ("$get-pseudonym", call("Transfer1", "D1CL0CAL1")), method="GET")})
+        assert status == 200 and status_code(answer["entry"][0]) == "400"
+        response = client.post("/ttp-fhir/fhir/no-such-endpoint", json={"resourceType": "Bundle", "type": "batch"})
+        assert response.status_code == 404 and issue(response)["code"] == "not-found"
+        response = client.post("/ttp-fhir/fhir/gics/Consent", json={"resourceType": "Bundle", "type": "batch"})
+        assert response.status_code == 405 and "POST" not in response.headers["allow"]
+        assert post(client, "get-pseudonym", call("Transfer1", "P-1"))[0] == 404
+
+
+def test_the_capability_statement_offers_batch_and_transaction(demo_config) -> None:
+    with client_for(demo_config) as client:
+        statement = client.get(f"{BASE}/metadata").json()
+        assert {i["code"] for i in statement["rest"][0]["interaction"]} == {"batch", "transaction"}
+        assert "interaction" not in client.get("/ttp-fhir/fhir/gpas/metadata").json()["rest"][0]

@@ -269,11 +269,11 @@ def test_a_bundle_costs_as_many_round_trips_as_a_gpas_batch(client, store_calls,
         assert status == 200 and len(answer["entry"]) == size
         return sum(store_calls.values())
 
-    small, large = mii_bundle(3, "small"), mii_bundle(1500, "large")
+    small, large = mii_bundle(3, "small"), mii_bundle(400, "large")
     assert 1 <= large == small <= 3
     if operation == "pseudonymize":
         store_calls.clear()
-        gpas(client, "pseudonymizeAllowCreate", "MIRACUM", original=[f"gpas-{i}" for i in range(1500)])
+        gpas(client, "pseudonymizeAllowCreate", "MIRACUM", original=[f"gpas-{i}" for i in range(400)])
         assert large == sum(store_calls.values())
 
 
