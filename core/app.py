@@ -649,8 +649,11 @@ def app_from_environment() -> GatewayApp:
     log.info("worker starting", extra={"pid": os.getpid(), "config": config.source})
     app = create_app(config)
     # What start-up built lives as long as the worker; keeping it out of the cyclic garbage
-    # collector's scans halves the time large batches spend in collections.
+    # collector's scans halves the time large batches spend in collections. A large request
+    # makes hundreds of thousands of short-lived, acyclic objects: collecting after every 700
+    # of them (the default) costs a large Bundle a fifth of its time.
     gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     return app
 
 

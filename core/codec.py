@@ -111,7 +111,9 @@ def decode(body: bytes, fmt: Format) -> dict[str, Any]:
         # Fast path: a body without anything that could spell a forbidden character is walked
         # no further; a suspicious one (which may be a false alarm, e.g. an escaped backslash)
         # is checked value by value.
-        if _SUSPECT_JSON.search(body):
+        # Only a backslash escape or a multi-byte character can spell one: most bodies are
+        # plain ASCII without escapes and skip the scan as well.
+        if (b"\\" in body or not body.isascii()) and _SUSPECT_JSON.search(body):
             check_strings(resource)
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise CodecError("the request body is not a FHIR resource")

@@ -168,9 +168,11 @@ class Executor:
                           unit: WriteUnit | None) -> list[dict[str, Any]]:
         """All entries through the operation's batch handler, in one call."""
         bound = [call for call in calls if isinstance(call, Call)]
+        joined = _JoinedWork(unit) if unit is not None else None  # one share of the unit for all entries
         for bound_call in bound:
-            bound_call.work = _JoinedWork(unit) if unit is not None else RequestWork(self._repository)
-            bound_call.audits.clear()
+            bound_call.work = joined if joined is not None else RequestWork(self._repository)
+            if bound_call.audits:  # from an attempt the store was too busy for
+                bound_call.audits.clear()
         assert op.batch_handler is not None
         results = iter(op.batch_handler(bound)) if bound else iter(())
         answers = []
@@ -266,11 +268,14 @@ def _entry_answer(result: Any) -> tuple[int, dict[str, Any] | None, dict[str, An
     return 200, result, None
 
 
+_STATUS_TEXT = {200: "200", 201: "201"}
+
+
 def _entry(status: int, resource: dict[str, Any] | None, outcome: dict[str, Any] | None) -> dict[str, Any]:
     if outcome is None:
         outcome = fhir.informational("Operation completed successfully.") if status < 400 else \
             fhir.operation_outcome("error", "processing", "the entry failed")
-    entry: dict[str, Any] = {"response": {"status": str(status), "outcome": outcome}}
+    entry: dict[str, Any] = {"response": {"status": _STATUS_TEXT.get(status) or str(status), "outcome": outcome}}
     if resource is not None:
         entry["resource"] = resource
     return entry

@@ -263,7 +263,8 @@ def scoped_values(parameters: tuple[Param, ...], args: Mapping[str, Any]) -> Ite
             if isinstance(instance, Args):
                 yield from scoped_values(param.parts, instance)
             elif param.scope is not None:
-                yield param.scope, instance
+                # An Identifier names its scope by its value (the MII interface's `context`).
+                yield param.scope, instance.get("value", "") if isinstance(instance, dict) else instance
 
 
 # --- readers: one per declared parameter, built once -------------------------------------------
@@ -299,7 +300,7 @@ def _value_reader(fhir_type: str) -> Reader:
     if fhir_type in ("integer", "positiveInt", "unsignedInt"):
         return _read_integer
     if fhir_type == "boolean":
-        return _typed_reader(("valueBoolean",), bool, "a boolean")
+        return _read_boolean
     if fhir_type == "base64Binary":
         # Clients send Bloom filters as valueBase64Binary; a few send them as plain strings.
         # Not checked against base64's alphabet here: where a plugin answers per item (a site's
@@ -367,6 +368,21 @@ def _read_integer(item: dict[str, Any], where: str, budget: Budget) -> int:
                     return number
             break
     raise InvalidRequest(f"parameter '{where}' needs an integer value")
+
+
+def _read_boolean(item: dict[str, Any], where: str, budget: Budget) -> bool:
+    value = item.get("valueBoolean")
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        # As for integers, a tolerant reader: HAPI-built clients send flags as strings too.
+        for key in _STRING_KEYS:
+            text = item.get(key)
+            if text is not None:
+                if text in ("true", "false"):
+                    return bool(text == "true")
+                break
+    raise InvalidRequest(f"parameter '{where}' needs a boolean value")
 
 
 def _typed_reader(keys: tuple[str, ...], python_type: type[Any], what: str,
