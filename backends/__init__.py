@@ -7,10 +7,12 @@ from typing import Any, Iterable
 from .base import Repository, StorageError, StoreDefinition
 
 
-def open_repository(url: str, stores: Iterable[StoreDefinition[Any]], *, group_commit: bool = True) -> Repository:
+def open_repository(url: str, stores: Iterable[StoreDefinition[Any]], *,
+                    group_commit: bool | None = None) -> Repository:
     """The repository for a storage URL (sqlite:///, postgresql://, mongodb://) holding `stores`.
     With `group_commit`, the write units of a process share transactions (SQL; see
-    `backends.sql.grouping`); MongoDB commits each unit, its journal grouping the writes."""
+    `backends.sql.grouping`); None groups them on SQLite only. MongoDB commits each unit, its
+    journal grouping the writes."""
     stores = list(stores)
     if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
         from .sql import SqlRepository

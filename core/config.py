@@ -31,8 +31,10 @@ DEFAULTS: dict[str, Any] = {
         "workers": 1,
         "base_path": "/ttp-fhir/fhir",
     },
-    # group_commit: concurrent write requests of a process share one transaction and one commit.
-    "storage": {"url": "sqlite:///ttp-gateway.db", "group_commit": True},
+    # group_commit: concurrent write requests of a process share one transaction and one commit;
+    # "auto" groups them on SQLite, where every commit is an fsync behind one write lock, and not
+    # on a database server, which takes several transactions' commits in one flush by itself.
+    "storage": {"url": "sqlite:///ttp-gateway.db", "group_commit": "auto"},
     "auth": {"require_api_key": True, "api_keys": []},
     # Every request is bounded; the defaults protect a small server (see `Limits`).
     "limits": {
@@ -149,8 +151,14 @@ class Config:
         return str(self.data["storage"]["url"])
 
     @property
-    def group_commit(self) -> bool:
-        return bool(self.data["storage"].get("group_commit", True))
+    def group_commit(self) -> bool | None:
+        """True or False as configured; None for "auto" (the store's own choice)."""
+        value = self.data["storage"].get("group_commit", "auto")
+        if value == "auto":
+            return None
+        if not isinstance(value, bool):
+            raise ConfigError('[storage] group_commit must be true, false or "auto"')
+        return value
 
     def section(self, name: str) -> dict[str, Any]:
         """A plugin's own section (empty when absent)."""
@@ -207,6 +215,7 @@ def check_core_settings(config: Config) -> None:
     if not config.storage_url.startswith(("sqlite://", "postgresql", "mongodb://", "mongodb+srv://",
                                           "mongomock://")):
         raise ConfigError("[storage] url must start with sqlite://, postgresql:// or mongodb://")
+    config.group_commit  # noqa: B018 - raises for a value that is none of true, false, "auto"
     metrics = config.data["metrics"]
     if not isinstance(metrics.get("enabled"), bool) or not isinstance(metrics.get("port"), int):
         raise ConfigError("[metrics] enabled must be true or false and port a number")

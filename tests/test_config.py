@@ -56,6 +56,7 @@ def test_config_path_from_the_environment() -> None:
     ("[server]\nport = 0", "port"),
     ("[server]\nport = 'eighty'", "[server]"),
     ("[storage]\nurl = 'oracle://x'", "[storage] url"),
+    ("[storage]\ngroup_commit = 'yes'", "group_commit"),
     ("[[auth.api_keys]]\nname = 'a'", "exactly one of key or key_sha256"),
     ("[[auth.api_keys]]\nname = 'a'\nkey = 'x'\n[[auth.api_keys]]\nname = 'a'\nkey = 'y'", "used twice"),
     ("[[auth.api_keys]]\nname = 'a'\nkey = 'x'\ndomains = 'MIRACUM'", "array of strings"),
@@ -67,6 +68,15 @@ def test_invalid_core_settings(tmp_path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(path, environ={})
     assert message.lower() in str(error.value).lower()
+
+
+@pytest.mark.parametrize("text, expected", [("", None), ("group_commit = 'auto'", None),
+                                            ("group_commit = true", True), ("group_commit = false", False)])
+def test_group_commit_settings(tmp_path, text: str, expected: bool | None) -> None:
+    path = tmp_path / "storage.toml"
+    path.write_text("[storage]\n" + text)
+    assert load_config(path, environ={}).group_commit is expected
+    assert load_config(path, environ={"TTP_GATEWAY__STORAGE__GROUP_COMMIT": "false"}).group_commit is False
 
 
 def test_missing_file() -> None:

@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
+from conftest import all_stores
+from ttp_gateway.backends import open_repository
 from ttp_gateway.backends.base import Repository
 from ttp_gateway.backends.sql.grouping import GroupCommitter
 from ttp_gateway.plugins.gpas.store import PSEUDONYMS, DomainRecord, PseudonymRow
 
 pytestmark = pytest.mark.parametrize("storage_url", ["sqlite", "postgresql"], indirect=True)
 DOMAIN = "group-commit"
+
+
+@pytest.fixture
+def repository(storage_url: str) -> Iterator[Repository]:
+    """Grouped on every SQL store (PostgreSQL is not grouped unless configured)."""
+    repo = open_repository(storage_url, all_stores(), group_commit=True)
+    repo.migrate()
+    yield repo
+    repo.close()
 
 
 def _domain(repository: Repository) -> None:
@@ -99,9 +111,6 @@ def test_a_unit_is_answered_only_after_its_commit(repository: Repository) -> Non
 
 
 def test_without_grouping_every_unit_commits_alone(storage_url: str, monkeypatch) -> None:
-    from conftest import all_stores
-    from ttp_gateway.backends import open_repository
-
     repository = open_repository(storage_url, all_stores(), group_commit=False)
     repository.migrate()
     try:
@@ -118,3 +127,12 @@ def test_without_grouping_every_unit_commits_alone(storage_url: str, monkeypatch
     finally:
         repository.close()
 
+
+
+def test_grouped_by_default_on_sqlite_only(storage_url: str) -> None:
+    repository = open_repository(storage_url, all_stores())
+    try:
+        assert repository.inline_writes == storage_url.startswith("sqlite")
+        assert (repository._committer is not None) == storage_url.startswith("sqlite")
+    finally:
+        repository.close()

@@ -618,3 +618,23 @@ def test_mongo_invalid_url_names_no_secret(url: str, monkeypatch: pytest.MonkeyP
     with pytest.raises(StorageError) as raised:
         MongoRepository(url, all_stores())
     assert "s3cret" not in str(raised.value)
+
+
+def test_a_pooled_connection_comes_back_without_a_transaction(postgres_database) -> None:
+    # The pool does not roll back what a unit ended itself (a round trip per write), but a
+    # connection given back in a transaction is rolled back before anyone else gets it.
+    from psycopg.pq import TransactionStatus
+    from sqlalchemy import create_engine
+
+    from ttp_gateway.backends.sql.repository import _create_engine
+
+    engine = _create_engine(postgres_database)
+    assert isinstance(engine, type(create_engine("sqlite://")))
+    connection = engine.raw_connection()
+    connection.cursor().execute("CREATE TEMP TABLE IF NOT EXISTS pool_probe (x int)")
+    assert connection.driver_connection.info.transaction_status == TransactionStatus.INTRANS
+    connection.close()
+    again = engine.raw_connection()
+    assert again.driver_connection.info.transaction_status == TransactionStatus.IDLE
+    again.close()
+    engine.dispose()

@@ -120,6 +120,11 @@ class GroupCommitter:
         self._process_lock_thread = ThreadPoolExecutor(1, thread_name_prefix="ttp-writer-lock")
         self._commit_threads = ThreadPoolExecutor(2, thread_name_prefix="ttp-group-commit")
 
+    def load(self) -> int:
+        """Units waiting for their turn, and one for a group being worked on: how long a new
+        unit would wait in this committer."""
+        return self._turns.waiting + (self._group is not None)
+
     def begin(self) -> WriteUnit:
         self._turns.acquire()
         try:

@@ -196,7 +196,7 @@ class _SqlUnit(WriteUnit):
 
 
 class SqlRepository(Repository):
-    def __init__(self, url: str, stores: Iterable[StoreDefinition[Any]], group_commit: bool = True) -> None:
+    def __init__(self, url: str, stores: Iterable[StoreDefinition[Any]], group_commit: bool | None = None) -> None:
         self.url = url
         self._stores: dict[str, SqlStore[Any]] = {}
         for definition in stores:
@@ -220,12 +220,21 @@ class SqlRepository(Repository):
         self._writer: Any = None
         self._writer_lock = threading.Lock()
         self._committer: GroupCommitter | None = None
+        self._lanes: list[GroupCommitter] = []
         # A small write on the embedded store may run on the event loop, its commit on a thread.
+        if group_commit is None:  # the default: grouped where commits queue behind one writer
+            group_commit = self.sqlite
         self.inline_writes = bool(group_commit and self.sqlite)
         if group_commit:
             database = self.engine.url.database if self.sqlite else None
             lock_file = f"{database}-writers.lock" if database and database != ":memory:" else None
-            self._committer = GroupCommitter(self, self._begin_alone, lock_file)
+            # SQLite has one writer: one group at a time. A server runs transactions side by side
+            # and takes a commit's flush for several of them: groups run in a few lanes at once,
+            # each on its own connection, so that one group's statements and commit do not wait
+            # for another's round trips.
+            self._lanes = [GroupCommitter(self, self._begin_alone, lock_file)
+                           for _ in range(1 if self.sqlite else GROUP_LANES)]
+            self._committer = self._lanes[0]
 
     # --- stores ------------------------------------------------------------------------------
     def store_of(self, key: StoreKey[T]) -> SqlStore[T]:
@@ -296,9 +305,11 @@ class SqlRepository(Repository):
             connection.close()
 
     def begin(self) -> WriteUnit:
-        if self._committer is not None:
+        if self._committer is None:
+            return self._begin_alone()
+        if len(self._lanes) == 1:
             return self._committer.begin()
-        return self._begin_alone()
+        return min(self._lanes, key=GroupCommitter.load).begin()  # the lane with the shortest queue
 
     async def begin_async(self) -> WriteUnit:
         assert self._committer is not None
@@ -373,8 +384,8 @@ class SqlRepository(Repository):
             raise Unavailable(f"storage unavailable ({type(error).__name__})") from None
 
     def close(self) -> None:
-        if self._committer is not None:
-            self._committer.close()
+        for lane in self._lanes:
+            lane.close()
         with self._opened_lock:
             for connection in self._opened:
                 try:
@@ -432,6 +443,9 @@ def _translate(error: Exception) -> Exception:
     return StorageError(f"the store refused a statement ({kind})")
 
 
+GROUP_LANES = 4  # groups in flight at once on a database server
+
+
 def _create_engine(url: str) -> Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -441,8 +455,20 @@ def _create_engine(url: str) -> Engine:
                                   connect_args={"timeout": 30, "check_same_thread": False})
         _take_over_sqlite_transactions(engine)
         return engine
-    return sa.create_engine(url, hide_parameters=True, pool_size=10, max_overflow=20, pool_recycle=1800,
-                            pool_pre_ping=False)
+    from psycopg.pq import TransactionStatus
+
+    engine = sa.create_engine(url, hide_parameters=True, pool_size=10, max_overflow=20, pool_recycle=1800,
+                              pool_pre_ping=False, pool_reset_on_return=None)
+
+    @event.listens_for(engine, "reset")
+    def on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+        # A unit ends its transaction before it gives its connection back; the pool's own
+        # ROLLBACK would cost every write a further round trip. Only a connection still in a
+        # transaction (a unit that could not end it) is rolled back here.
+        if dbapi_connection.info.transaction_status != TransactionStatus.IDLE:
+            dbapi_connection.rollback()
+
+    return engine
 
 
 def _take_over_sqlite_transactions(engine: Engine) -> None:
@@ -464,5 +490,5 @@ def _take_over_sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql(_BEGIN_WRITE if migrating else "BEGIN")
 
 
-def open_sql(url: str, stores: Sequence[StoreDefinition[Any]], group_commit: bool = True) -> SqlRepository:
+def open_sql(url: str, stores: Sequence[StoreDefinition[Any]], group_commit: bool | None = None) -> SqlRepository:
     return SqlRepository(url, stores, group_commit)
