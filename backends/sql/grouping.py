@@ -129,21 +129,13 @@ class GroupCommitter:
         self._turns.acquire()
         try:
             group = self._group
-            if group is not None and (group.members >= self._max_members
-                                      or time.monotonic() - group.started >= self._max_seconds):
+            if group is not None and self._closing(group):
                 self._commit(group)  # full or old: commit it for its members, start another
                 group = None
             if group is None:
                 self._lock_processes()
-                try:
-                    group = self._group = _Group(self._open_transaction())
-                except BaseException:
-                    self._unlock_processes()
-                    raise
-            group.members += 1
-            member = _Member(self, group)
-            member.start()
-            return member
+                group = self._opened()
+            return self._joined(group)
         except BaseException:
             self._turns.release()
             raise
@@ -151,32 +143,42 @@ class GroupCommitter:
     async def begin_async(self) -> WriteUnit:
         """A member unit for a coroutine of the event loop: it waits for its turn without
         blocking the loop, and its group is committed on a worker thread (`_Member.commit_async`)."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._turns.acquire_async()
             group = self._group
-            if group is not None and (group.members >= self._max_members
-                                      or time.monotonic() - group.started >= self._max_seconds):
+            if group is not None and self._closing(group):
                 self._turns.release()
-                await asyncio.get_running_loop().run_in_executor(self._commit_threads, self._commit_when_current,
-                                                                 group)
+                await loop.run_in_executor(self._commit_threads, self._commit_when_current, group)
                 continue
             try:
                 if group is None:
                     # Another process may hold the database: wait for it off the loop.
-                    await asyncio.get_running_loop().run_in_executor(self._process_lock_thread,
-                                                                     self._lock_processes)
-                    try:
-                        group = self._group = _Group(self._open_transaction())
-                    except BaseException:
-                        self._unlock_processes()
-                        raise
-                group.members += 1
-                member = _Member(self, group)
-                member.start()
-                return member
+                    await loop.run_in_executor(self._process_lock_thread, self._lock_processes)
+                    group = self._opened()
+                return self._joined(group)
             except BaseException:
                 self._turns.release()
                 raise
+
+    def _closing(self, group: _Group) -> bool:
+        """Whether a group takes no more members: full, or open for long enough."""
+        return group.members >= self._max_members or time.monotonic() - group.started >= self._max_seconds
+
+    def _opened(self) -> _Group:
+        """A new group (holding the turn and the processes' lock, which it gives back on failure)."""
+        try:
+            group = self._group = _Group(self._open_transaction())
+        except BaseException:
+            self._unlock_processes()
+            raise
+        return group
+
+    def _joined(self, group: _Group) -> "_Member":
+        group.members += 1
+        member = _Member(self, group)
+        member.start()
+        return member
 
     def _commit_when_current(self, group: _Group) -> None:
         """Commit `group` for its members (on a worker thread), unless it has ended already."""
@@ -203,8 +205,7 @@ class GroupCommitter:
                 self._end(group, commit=False)  # nothing to keep; do not hold the write lock idle
             elif group.commit_scheduled is not None:
                 pass  # a worker thread commits it for the members on the event loop
-            elif self._turns.waiting == 0 or group.members >= self._max_members \
-                    or time.monotonic() - group.started >= self._max_seconds:
+            elif self._turns.waiting == 0 or self._closing(group):
                 self._commit(group)
         finally:
             self._turns.release()
