@@ -36,12 +36,12 @@ def _store(database: Path, filters: np.ndarray) -> None:
     n = filters.shape[0]
     connection = sqlite3.connect(database)
     connection.execute("BEGIN")
-    connection.executemany("INSERT INTO person (id, study) VALUES (?, ?)", ((i, STUDY) for i in range(1, n + 1)))
+    connection.executemany("INSERT INTO dispatcher_person (id, study) VALUES (?, ?)", ((i, STUDY) for i in range(1, n + 1)))
     connection.executemany(
-        "INSERT INTO bloom_filter (id, study, version, person, site, bloom_filter, sequence) "
+        "INSERT INTO dispatcher_bloom_filter (id, study, version, person, site, bloom_filter, sequence) "
         "VALUES (?, ?, '1', ?, ?, ?, ?)",
         ((i, STUDY, i, SITE, bloom.pad_filter(filters[i - 1].tobytes(), LENGTH_BITS), i) for i in range(1, n + 1)))
-    connection.execute("UPDATE study SET change_sequence = ? WHERE name = ?", (n, STUDY))
+    connection.execute("UPDATE dispatcher_study SET change_sequence = ? WHERE name = ?", (n, STUDY))
     connection.commit()
     connection.close()
 
@@ -62,9 +62,9 @@ def run(n: int = 1_000_000, repeats: int = 15, seed: int = 20240601) -> list[dic
         store_seconds = time.perf_counter() - stored_at
         del filters
         started = time.perf_counter()
-        app = create_app(config)  # loads the study's filters into the index
-        startup_seconds = time.perf_counter() - started
-        with TestClient(app, headers={"apikey": "abcdef12345"}) as client:
+        app = create_app(config)
+        with TestClient(app, headers={"apikey": "abcdef12345"}) as client:  # start-up loads the index
+            startup_seconds = time.perf_counter() - started
             def request(query: np.ndarray) -> float:
                 body = {"resourceType": "Parameters", "parameter": [
                     {"name": "study", "valueString": STUDY},
