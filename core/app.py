@@ -53,6 +53,7 @@ from .server import use_limits
 log = logging.getLogger("ttp_gateway.request")
 INLINE_BODY = 16 * 1024    # reads with smaller bodies run on the event loop when reads never block
 INLINE_DECODE = 64 * 1024  # larger bodies are decoded on a worker thread
+_ROUTES_REMEMBERED = 1024  # operation paths whose route is remembered
 _WANTED_HEADERS = {b"accept", b"content-type", b"content-length", b"apikey", b"x-api-key", b"authorization"}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -116,7 +117,9 @@ class GatewayApp:
             self._capabilities[endpoint] = capability.capability_statement(
                 endpoint, ops.values(), base_url, published,
                 [s for (e, _), s in self.searches.items() if e == endpoint])
-        # Starlette's routing matches paths and methods; answers come from the boundary.
+        # Starlette's routing matches paths and methods; answers come from the boundary. The
+        # paths that matched are remembered (their parameters are only read, never changed).
+        self._routed: dict[tuple[str, str], tuple[Callable[..., Awaitable[tuple[int, Any]]], dict[str, str]]] = {}
         self._routes = [
             Route(self.base_path + "/{endpoint:path}/${operation}", self.invoke, methods=["POST", "GET"]),
             Route(self.base_path + "/{endpoint:path}/metadata", self.metadata, methods=["GET"]),
@@ -194,13 +197,20 @@ class GatewayApp:
 
     def _route(self, scope: dict[str, Any]) -> tuple[Callable[..., Awaitable[tuple[int, Any]]], dict[str, str]]:
         path = scope["path"]
+        found = self._routed.get((path, scope["method"]))
+        if found is not None:
+            return found
         if len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path[:-1]}  # served like the path without it; no redirect
         partial: tuple[Route, dict[str, Any]] | None = None
         for route in self._routes:
             match, child = route.matches(scope)
             if match is Match.FULL and self._serves(route, child["path_params"]):
-                return route.endpoint, child["path_params"]
+                params = child["path_params"]
+                if (route.endpoint == self.invoke and len(self._routed) < _ROUTES_REMEMBERED
+                        and self.operations.lookup(params["endpoint"], params["operation"]) is not None):
+                    self._routed[(path, scope["method"])] = (route.endpoint, params)  # operations' paths only
+                return route.endpoint, params
             if match is Match.PARTIAL and partial is None:  # the path, but not the method
                 partial = route, child["path_params"]
         if partial is None:
@@ -388,26 +398,23 @@ class GatewayApp:
             if not declared.isdigit():
                 raise InvalidRequest("the Content-Length header is not a number")
             raise self._too_large(limit)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.body_timeout_seconds
         chunks, size = [], 0
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise RequestTimeout("the request body did not arrive in time")
-            try:
-                message = await asyncio.wait_for(receive(), remaining)
-            except asyncio.TimeoutError:
-                raise RequestTimeout("the request body did not arrive in time") from None
-            if message["type"] == "http.disconnect":
-                raise _ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        # One deadline for the whole body: a timer, not a task per message.
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large(limit)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive in time") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self, limit: int) -> PayloadTooLarge:

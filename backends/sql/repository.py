@@ -347,6 +347,8 @@ class SqlRepository(Repository):
             return self.engine.raw_connection()
         except sa.exc.OperationalError as error:
             raise Unavailable(f"storage unavailable ({type(error.orig).__name__})") from None
+        except sa.exc.TimeoutError:
+            raise Busy("every connection to the store stayed in use") from None
 
     def _detached(self) -> Any:
         connection = self._pooled()
@@ -444,6 +446,7 @@ def _translate(error: Exception) -> Exception:
 
 
 GROUP_LANES = 4  # groups in flight at once on a database server
+POOL_SIZE = 20  # connections per process to a database server
 
 
 def _create_engine(url: str) -> Engine:
@@ -457,8 +460,12 @@ def _create_engine(url: str) -> Engine:
         return engine
     from psycopg.pq import TransactionStatus
 
-    engine = sa.create_engine(url, hide_parameters=True, pool_size=10, max_overflow=20, pool_recycle=1800,
-                              pool_pre_ping=False, pool_reset_on_return=None)
+    # A fixed set of connections: a connection opened for a burst and closed after it costs the
+    # server a new backend process each time, which under steady load (more requests in flight
+    # than pooled connections) made every other write open one. Requests beyond the pool wait
+    # for a connection in turn.
+    engine = sa.create_engine(url, hide_parameters=True, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30,
+                              pool_recycle=1800, pool_pre_ping=False, pool_reset_on_return=None)
 
     @event.listens_for(engine, "reset")
     def on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
