@@ -103,6 +103,8 @@ class GatewayApp:
         self._metrics_key = str(metrics.get("key_sha256") or "").lower()
         self._reads_block = gateway.repository.reads_block
         self._inline_writes = gateway.repository.inline_writes
+        # Concurrent small writes answered together, unless group commit is switched off.
+        self._coalescing = gateway.config.group_commit is not False
         self.auth = Authenticator.from_settings(gateway.config.data["auth"], self._stored_keys)
         self.keys = self.auth.keys
         self._challenge = (self.auth.challenge() or "").encode()
@@ -257,6 +259,8 @@ class GatewayApp:
             # a small write there runs on the loop too and awaits its group's commit.
             if op.quick_read and not self._reads_block and len(body) <= INLINE_BODY:
                 answer = self.executor.run(op, call, fmt)
+            elif op.coalesce and self._coalescing and len(body) <= INLINE_BODY:
+                answer = await self.executor.coalescer.run(op, call, fmt)
             elif op.quick_write and self._inline_writes and len(body) <= INLINE_BODY:
                 answer = await self.executor.run_on_loop(op, call, fmt)
             else:

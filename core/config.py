@@ -31,9 +31,11 @@ DEFAULTS: dict[str, Any] = {
         "workers": 1,
         "base_path": "/ttp-fhir/fhir",
     },
-    # group_commit: concurrent write requests of a process share one transaction and one commit;
-    # "auto" groups them on SQLite, where every commit is an fsync behind one write lock, and not
-    # on a database server, which takes several transactions' commits in one flush by itself.
+    # group_commit: concurrent write requests of a process share one transaction and one commit.
+    # Operations that can (`Operation.coalesce`) are answered in batches on every store unless it
+    # is false; other writes share commits where "auto" finds it pays, on SQLite (every commit an
+    # fsync behind one write lock), not on a database server, which takes several transactions'
+    # commits in one flush by itself.
     "storage": {"url": "sqlite:///ttp-gateway.db", "group_commit": "auto"},
     "auth": {"require_api_key": True, "api_keys": []},
     # Every request is bounded; the defaults protect a small server (see `Limits`).

@@ -24,6 +24,7 @@ from ttp_gateway.backends.base import Busy, Repository, StorageError, WriteUnit,
 
 from . import codec, fhir
 from .errors import FhirError, PayloadTooLarge
+from .coalescing import Coalescer
 from .gateway import Call, RequestWork
 from .operations import Operation, Result
 
@@ -59,6 +60,9 @@ class Executor:
     def __init__(self, repository: Repository, max_answer_bytes: int) -> None:
         self._repository = repository
         self._max_answer = max_answer_bytes
+        # One batch of coalesced calls in flight per operation: on PostgreSQL too, a second one
+        # cost more processor time per call than it saved in waiting.
+        self.coalescer = Coalescer(self, lanes=1)
 
     def run(self, op: Operation, call: Call, fmt: codec.Format) -> Answer:
         for attempt in range(ATTEMPTS):
@@ -113,6 +117,51 @@ class Executor:
             except BaseException:
                 unit.rollback()  # a unit ends either way, whatever its commit raised
                 raise
+        raise AssertionError("unreachable")
+
+    def run_together(self, op: Operation, calls: list[Call], fmts: list[codec.Format]) -> list[Any]:
+        """Single calls of `op` answered together by its batch handler, in one unit of work
+        (`core.coalescing`): per call its `Answer`, the `FhirError` it fails with alone (it wrote
+        nothing), or None where the batch cannot answer for it and it must run on its own."""
+        assert op.batch_handler is not None
+        for attempt in range(ATTEMPTS):
+            unit = self._repository.begin()
+            joined = _JoinedWork(unit)
+            for call in calls:
+                call.work = joined
+                call.audits.clear()
+            try:
+                outcomes: list[Any] = []
+                for call, fmt, result in zip(calls, fmts, op.batch_handler(calls), strict=True):
+                    if isinstance(result, FhirError):
+                        outcomes.append(result)
+                        continue
+                    status, resource = _single_answer(result)
+                    if status >= 400:  # alone, its unit would be rolled back
+                        raise _Apart()
+                    outcomes.append(Answer(status, self._encoded(resource, fmt), count_items(call)))
+                unit.commit()
+            except Busy:
+                unit.rollback()
+                if attempt == ATTEMPTS - 1:
+                    raise
+                backoff(attempt)
+                continue
+            except Exception as error:  # noqa: BLE001 - each call runs alone and meets it there
+                unit.rollback()
+                if not isinstance(error, _Apart):
+                    log.info("calls answered together fell back to single runs",
+                             extra={"operation": op.name, "error": type(error).__name__})
+                return [None] * len(calls)
+            except BaseException:
+                unit.rollback()
+                raise
+            for call, outcome in zip(calls, outcomes):
+                if isinstance(outcome, Answer):
+                    call.flush_audits()
+                else:
+                    call.audits.clear()
+            return outcomes
         raise AssertionError("unreachable")
 
     def run_batch(self, op: Operation | None, calls: list[Call | FhirError], fmt: codec.Format,
@@ -252,6 +301,10 @@ class _EntryFailed(Exception):
     def __init__(self, status: int, resource: dict[str, Any] | None, outcome: dict[str, Any] | None) -> None:
         super().__init__(status)
         self.status, self.resource, self.outcome = status, resource, outcome
+
+
+class _Apart(Exception):
+    """A call of a coalesced batch whose answer only a run of its own gives."""
 
 
 def _single_answer(result: Any) -> tuple[int, dict[str, Any]]:

@@ -21,10 +21,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ttp_gateway.core import fhir
-from ttp_gateway.core.errors import NotAllowed
+from ttp_gateway.core.errors import FhirError, NotAllowed
 from ttp_gateway.core.gateway import Call
 from ttp_gateway.core.operations import Operation, Param
 
+from .domains import Domain
 from .service import PairOutcome, Pseudonymizer
 
 ENDPOINT = "gpas"
@@ -71,10 +72,34 @@ class GpasOperations:
 
     def pseudonymize_allow_create(self, call: Call) -> dict:
         domain = self.psn.domain(call.args["target"])
-        originals = call.args["original"]
-        valid = [o for o in originals if o]
         with call.writing() as unit:
-            found = self.psn.get_or_create(unit, domain, valid)
+            found = self.psn.get_or_create(unit, domain, [o for o in call.args["original"] if o])
+        return self._allow_create_answer(call, domain, found)
+
+    def pseudonymize_allow_create_together(self, calls: list[Call]) -> list[dict | FhirError]:
+        """Concurrent single calls answered together (`core.coalescing`): one get-or-create per
+        domain for the originals of all of them, each call answered for its own."""
+        results: list[dict | FhirError] = []
+        by_domain: dict[str, tuple[Domain, list[int]]] = {}
+        for index, call in enumerate(calls):
+            try:
+                domain = self.psn.domain(call.args["target"])
+            except FhirError as error:  # fails alone, having written nothing
+                results.append(error)
+                continue
+            results.append({})
+            by_domain.setdefault(domain.name, (domain, []))[1].append(index)
+        for name in sorted(by_domain):  # domains in one order, as the originals within one
+            domain, indexes = by_domain[name]
+            with calls[indexes[0]].writing() as unit:
+                found = self.psn.get_or_create(
+                    unit, domain, [o for i in indexes for o in calls[i].args["original"] if o])
+            for index in indexes:
+                results[index] = self._allow_create_answer(calls[index], domain, found)
+        return results
+
+    def _allow_create_answer(self, call: Call, domain: Domain, found: dict[str, str]) -> dict:
+        originals = call.args["original"]
         call.audit("pseudonymize-allow-create", domain=domain.name, items=len(originals))
         if call.invoked_as == LEGACY_ALLOW_CREATE:
             return _legacy_answer(call, domain.name, originals, found, "original", lambda _: INVALID)
@@ -238,6 +263,7 @@ class GpasOperations:
                      parameters=(_target("domain to look in"), originals), returns=(found, error)),
             self._op("pseudonymizeAllowCreate", self.pseudonymize_allow_create,
                      aliases=(LEGACY_ALLOW_CREATE,), legacy_get=(LEGACY_ALLOW_CREATE,), quick_write=True,
+                     batch_handler=self.pseudonymize_allow_create_together, coalesce=True,
                      description="The pseudonyms of 1..n originals in one domain, created where "
                                  "missing; idempotent.",
                      parameters=(_target("domain to look in and create in", aliases=("domain",)),
