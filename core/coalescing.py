@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .operations import Operation
 
 MAX_BATCH = 512  # calls answered together at most
+MAX_ITEMS = 20_000  # and their values (originals), as in a large batch request
 
 
 @dataclass
@@ -47,8 +48,9 @@ class _Queue:
 
 
 class Coalescer:
-    """Per operation, the calls waiting for a batch and the batches in flight. `lanes` batches
-    of one operation run at once (a database server works on several; SQLite on one)."""
+    """Per operation, the calls waiting for a batch and the batches in flight: at most `lanes`
+    batches of one operation at once, each of at most `MAX_BATCH` calls and, beyond its first
+    call, `MAX_ITEMS` values."""
 
     def __init__(self, executor: "Executor", lanes: int) -> None:
         self._executor = executor
@@ -71,7 +73,15 @@ class Coalescer:
         return answer
 
     def _start(self, op: "Operation", queue: _Queue) -> None:
-        batch, queue.waiting = queue.waiting[:MAX_BATCH], queue.waiting[MAX_BATCH:]
+        from .execution import count_items  # the executor imports this module
+
+        taken, items = 0, 0
+        for waiting in queue.waiting[:MAX_BATCH]:
+            items += count_items(waiting.call)
+            if taken and items > MAX_ITEMS:
+                break
+            taken += 1
+        batch, queue.waiting = queue.waiting[:taken], queue.waiting[taken:]
         queue.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._flush(op, queue, batch))
         self._flushing.add(task)
