@@ -48,7 +48,7 @@ from .keystore import KEYS
 from .observability import Metrics, configure_logging
 from .operations import Args, Budget, Operation, Search, bind, scoped_values
 from .plugins import OperationTable, Plugins, load_plugins
-from .server import use_limits
+from .server import BODY_DEADLINE, use_limits
 
 log = logging.getLogger("ttp_gateway.request")
 INLINE_BODY = 16 * 1024    # reads with smaller bodies run on the event loop when reads never block
@@ -305,7 +305,8 @@ class GatewayApp:
             body, resource = b"", _query_parameters(request.scope)
             codec.check_strings(resource)
         else:
-            body = await self._read_body(receive, headers.get("content-length"), limit)
+            body = await self._read_body(receive, headers.get("content-length"), limit,
+                                         BODY_DEADLINE not in request.scope)
             in_format = codec.request_format(headers.get("content-type"), body)
             if "content-type" not in headers:  # no Content-Type: answer in the body's format
                 request.negotiate(in_format)
@@ -397,29 +398,34 @@ class GatewayApp:
                 raise NotAuthenticated(f"this caller may not use the {scope} it named")
         return Call(self.gateway, op, args, client)
 
-    async def _read_body(self, receive: Receive, declared: str | None, limit: int) -> bytes:
+    async def _read_body(self, receive: Receive, declared: str | None, limit: int, timed: bool = True) -> bytes:
+        """The body, within `limit` bytes; with `timed`, within the body timeout (the service's
+        own HTTP protocol bounds it before the application sees the request, `core.server`)."""
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             if not declared.isdigit():
                 raise InvalidRequest("the Content-Length header is not a number")
             raise self._too_large(limit)
-        chunks, size = [], 0
-        # One deadline for the whole body: a timer, not a task per message.
-        try:
+        if not timed:
+            return await self._receive_body(receive, limit)
+        try:  # one deadline for the whole body: a timer, not a task per message
             async with asyncio.timeout(self.limits.body_timeout_seconds):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise self._too_large(limit)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
+                return await self._receive_body(receive, limit)
         except TimeoutError:
             raise RequestTimeout("the request body did not arrive in time") from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _receive_body(self, receive: Receive, limit: int) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self, limit: int) -> PayloadTooLarge:
         """The refusal of a body over `limit`, declared or streamed."""

@@ -361,3 +361,41 @@ def test_large_bodies_are_decoded_off_the_event_loop(gateway_with, monkeypatch: 
         assert post(gateway, f"{GPAS}/$pseudonymize", parameters(TARGET, *originals(count))).status == 200
     loop_thread = threading.current_thread().name  # the harness runs its event loop here
     assert threads[0] == loop_thread and threads[1] != loop_thread
+
+
+def test_slow_headers_of_a_second_request_on_a_kept_connection_are_408(served: int) -> None:
+    """The deadline is per request: a connection that was answered once cannot then dribble the
+    next request's headers for ever."""
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as connection:
+        connection.sendall(request_bytes())
+        first = b""
+        while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+            first += connection.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        connection.sendall(b"POST /ttp-fhir/fhir/gpas/$pseudonymize HTTP/1.1\r\nhost: x\r\n")
+        second = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            second += chunk
+    assert second.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 4
+    fhir_refusal(second.partition(b"\r\n\r\n")[2], "timeout")
+
+
+def test_a_slow_body_of_a_second_request_on_a_kept_connection_is_408(served: int) -> None:
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as connection:
+        connection.sendall(request_bytes())
+        first = b""
+        while not first.rstrip().endswith(b"}"):
+            first += connection.recv(65536)
+        started = time.monotonic()
+        connection.sendall(request_bytes()[:-10])
+        second = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            second += chunk
+    assert second.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 4
