@@ -101,6 +101,7 @@ class Param:
     aliases: tuple[str, ...] = ()
     reader: Callable[[dict[str, Any], str, Budget], Any] = field(init=False, repr=False, compare=False)
     scoped: bool = field(init=False, repr=False, compare=False)  # a scope here or in a part
+    repeats: bool = field(init=False, repr=False, compare=False)  # more than one value allowed
 
     def __post_init__(self) -> None:
         if self.max != UNBOUNDED and (not isinstance(self.max, int) or self.max < 1):
@@ -111,10 +112,7 @@ class Param:
             raise ValueError(f"parameter {self.name}: only integer parameters count things created")
         object.__setattr__(self, "reader", _reader_for(self))
         object.__setattr__(self, "scoped", self.scope is not None or any(p.scoped for p in self.parts))
-
-    @property
-    def repeats(self) -> bool:
-        return self.max == UNBOUNDED or self.max > 1
+        object.__setattr__(self, "repeats", self.max == UNBOUNDED or self.max > 1)
 
 
 @dataclass(frozen=True)
