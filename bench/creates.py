@@ -8,8 +8,6 @@ field: one create per identifier."""
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -17,38 +15,27 @@ from pathlib import Path
 from typing import Iterator
 
 from .servers import analyze, gateway, postgres_available, postgres_database, uvicorn_app
-from .single import ensure_wrk
+from .wrk import ensure_wrk, measure
 
 PATH = "/ttp-fhir/fhir/gpas/$pseudonymizeAllowCreate"
 
 
-def measure(wrk: str, url: str, seconds: int, connections: int) -> dict:
-    """Requests per second and latency percentiles (ms); each request a new original."""
+def create_script() -> str:
+    """Each request a new original."""
     prefix = uuid.uuid4().hex[:8]
-    with tempfile.TemporaryDirectory() as folder:
-        script = Path(folder) / "create.lua"
-        script.write_text(
-            "local counter = 0\n"
+    return ("local counter = 0\n"
             'local headers = {["Content-Type"] = "application/fhir+json", ["apikey"] = "abcdef12345"}\n'
             "request = function()\n"
             "  counter = counter + 1\n"
-            '  local body = \'{"resourceType":"Parameters","parameter":[{"name":"target","valueString":"MIRACUM"},'
-            f'{{"name":"original","valueString":"{prefix}-\' .. counter .. \'"}}]}}\'\n'
+            '  local body = \'{"resourceType":"Parameters","parameter":[{"name":"target","valueString":"MIRACUM"},\'\n'
+            f'    .. \'{{"name":"original","valueString":"{prefix}-\' .. counter .. \'"}}]}}\'\n'
             '  return wrk.format("POST", nil, headers, body)\n'
-            "end\n"
-            "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("errors %d %d %d\\n", summary.errors.status, summary.errors.connect,'
-            " summary.errors.timeout))\n"
-            '  io.write(string.format("p50 %f p99 %f\\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n'
             "end\n")
-        output = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
-                                capture_output=True, text=True, check=True).stdout
-    errors = [int(n) for n in re.search(r"errors (\d+) (\d+) (\d+)", output).groups()]
-    if any(errors):
-        raise RuntimeError(f"wrk saw errors (status, connect, timeout): {errors}")
-    p50, p99 = (float(x) for x in re.search(r"p50 ([\d.]+) p99 ([\d.]+)", output).groups())
-    return {"per_second": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))),
-            "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}
+
+
+def measured(wrk: str, url: str, seconds: int, connections: int) -> dict:
+    figures = measure(wrk, url, create_script(), seconds, connections)
+    return {**figures, "per_second": round(figures["per_second"])}
 
 
 @contextmanager
@@ -80,9 +67,9 @@ def run(seconds: int = 10, connections: int = 32) -> list[dict]:
         figures = {}
         for kind in ("grouped", "ungrouped", "bare"):
             with _store(store) as storage_url, _contender(kind, storage_url) as base:
-                measure(wrk, base + PATH, 2, connections)  # warm-up
+                measured(wrk, base + PATH, 2, connections)  # warm-up
                 analyze(storage_url)
-                figures[kind] = measure(wrk, base + PATH, seconds, connections)
+                figures[kind] = measured(wrk, base + PATH, seconds, connections)
         grouped, ungrouped, bare = figures["grouped"], figures["ungrouped"], figures["bare"]
         rows.append({"benchmark": f"single-original $pseudonymizeAllowCreate, new originals, 1 worker, "
                                   f"{connections} connections, {store}",

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import sqlite3
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import datetime
@@ -30,6 +28,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .servers import DEMO_CONFIG, gateway, uvicorn_app
+from .wrk import measure, post_script
 
 PSEUDONYM = "https://ths-greifswald.de/fhir/gics/identifiers/Pseudonym"
 MDAT_ERHEBEN = {"system": "urn:oid:2.16.840.1.113883.3.1937.777.24.5.3", "code": "2.16.840.1.113883.3.1937.777.24.5.3.6"}
@@ -132,26 +131,11 @@ class Connection:
 
 
 def wrk_rate(wrk: str, url: str, body: bytes, seconds: int, connections: int = 32) -> float:
-    with tempfile.TemporaryDirectory() as folder:
-        script = Path(folder) / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            f"wrk.body = [[{body.decode()}]]\n"
-            + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in HEADERS.items())
-            + "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("errors %d %d %d\\n", summary.errors.status, summary.errors.connect,'
-            " summary.errors.timeout))\n"
-            "end\n")
-        output = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
-                                capture_output=True, text=True, check=True).stdout
-    errors = [int(n) for n in re.search(r"errors (\d+) (\d+) (\d+)", output).groups()]  # type: ignore[union-attr]
-    if any(errors):
-        raise RuntimeError(f"wrk saw errors (status, connect, timeout): {errors}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    return measure(wrk, url, post_script(body, HEADERS), seconds, connections)["per_second"]
 
 
 def run(quick: bool = False) -> list[dict]:
-    from .single import ensure_wrk
+    from .wrk import ensure_wrk
 
     consents = 10_000 if quick else 100_000
     seconds = 3 if quick else 10

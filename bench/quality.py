@@ -385,7 +385,6 @@ def evaluate(n_people: int = 1500, seed: int = 2, storage_url: str | None = None
     from starlette.testclient import TestClient
 
     from ttp_gateway.core.app import create_app
-    from ttp_gateway.core.config import load_config
 
     records = arrival_order(population(n_people, SITES, seed), seed)
     encoder = BloomFilterEncoder(length)
