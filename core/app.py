@@ -45,7 +45,7 @@ from .errors import CodecError, FhirError, InvalidRequest, NotAuthenticated, Not
 from .execution import Answer, Executor, internal_error, outcome_of, storage_failure
 from .gateway import Call, Gateway, utc_now
 from .keystore import KEYS
-from .observability import Metrics, configure_logging
+from .observability import Metrics, audit_trail, configure_logging
 from .operations import Args, Budget, Operation, Search, bind, scoped_values
 from .plugins import OperationTable, Plugins, load_plugins
 from .server import BODY_DEADLINE, use_limits
@@ -176,6 +176,13 @@ class GatewayApp:
                                            "ms": round((time.perf_counter() - started) * 1000, 2),
                                            "items": answer.items if isinstance(answer, Answer) else 0,
                                            "client": request.client.name if request.client else None})
+        written = audit_trail.written()
+        if written is not None:  # the records of what this request did go out before its answer
+            try:
+                await written
+            except OSError:
+                status, answer = internal_error("audit trail", request.op)
+                content, media_type = _encoded(answer, request.fmt), request.media_type
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", str(len(content)).encode()), *request.extra_headers]})

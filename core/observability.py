@@ -7,6 +7,7 @@ the `ttp_gateway.audit` logger, which `[logging] audit_file` can route to a file
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import os
@@ -54,18 +55,26 @@ class AuditTrail:
     """Append-only JSON lines: who (API key name) did what to which domain or study, when.
 
     Until `configure_logging` gives it a file (or stderr), records go to the
-    `ttp_gateway.audit` logger. A configured trail writes each record with one `os.write` to a
-    descriptor opened for appending: cheap on the request path, whole lines even when several
-    workers share the file, and nothing held back in a buffer when a process dies."""
+    `ttp_gateway.audit` logger. A configured trail writes to a descriptor opened for appending,
+    whole lines even when several workers share the file. A record made on a worker thread is
+    written at once. Records made on the event loop (requests answered there) are written
+    together once the loop has run the requests that are ready, with one `os.write`, and every
+    such request awaits that write (`written`) before its answer goes out: no answer leaves
+    before its record, and a process that dies loses no record of an answer it gave."""
 
     def __init__(self) -> None:
         self._descriptor: int | None = None
         self._owned = False
         self._second = -1
         self._stamp = ""
+        self._group = threading.local()  # per thread, so per event loop: `_Group`
 
     def write_to(self, path: str | None) -> None:
         """Write to `path` (appending), or to stderr when None."""
+        group: _Group | None = getattr(self._group, "now", None)
+        if group is not None and group.lines and self._descriptor is not None:  # made for the old place
+            _write_all(self._descriptor, b"".join(group.lines))
+            group.lines.clear()
         if self._owned and self._descriptor is not None:
             os.close(self._descriptor)
         if path:
@@ -84,7 +93,52 @@ class AuditTrail:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry = {"time": f"{self._stamp}.{int(now % 1 * 1000):03d}Z",
                  "level": "info", "logger": "ttp_gateway.audit", "message": action, "audit": facts}
-        os.write(self._descriptor, orjson.dumps(entry, default=str) + b"\n")
+        line = orjson.dumps(entry, default=str) + b"\n"
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread: written now
+            _write_all(self._descriptor, line)
+            return
+        group: _Group | None = getattr(self._group, "now", None)
+        if group is None or group.written.get_loop() is not loop:
+            if group is not None and group.lines:  # left by a loop of this thread that has ended
+                _write_all(self._descriptor, b"".join(group.lines))
+            group = self._group.now = _Group(loop.create_future())
+            loop.call_soon(self._write_group, group)
+        group.lines.append(line)
+
+    def written(self) -> "asyncio.Future[None] | None":
+        """The write that the records made on this thread's event loop are waiting for, or None:
+        a request awaits it before its answer goes out."""
+        group: _Group | None = getattr(self._group, "now", None)
+        return group.written if group is not None else None
+
+    def _write_group(self, group: "_Group") -> None:
+        if getattr(self._group, "now", None) is group:
+            self._group.now = None
+        lines, group.lines = group.lines, []
+        try:
+            if lines and self._descriptor is not None:  # (a trail reset meanwhile logs instead)
+                _write_all(self._descriptor, b"".join(lines))
+        except OSError as error:
+            group.written.set_exception(error)
+        else:
+            group.written.set_result(None)
+
+
+class _Group:
+    """Audit records made on one event loop, written together."""
+
+    __slots__ = ("lines", "written")
+
+    def __init__(self, written: "asyncio.Future[None]") -> None:
+        self.lines: list[bytes] = []
+        self.written = written
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(descriptor, data):]
 
 
 audit_trail = AuditTrail()
