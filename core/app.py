@@ -266,7 +266,7 @@ class GatewayApp:
             # a small write there runs on the loop too and awaits its group's commit.
             if op.quick_read and not self._reads_block and len(body) <= INLINE_BODY:
                 answer = self.executor.run(op, call, fmt)
-            elif op.coalesce and self._coalescing and len(body) <= INLINE_BODY:
+            elif op.coalesce is not None and self._coalescing and len(body) <= INLINE_BODY:
                 answer = await self.executor.coalescer.run(op, call, fmt)
             elif op.quick_write and self._inline_writes and len(body) <= INLINE_BODY:
                 answer = await self.executor.run_on_loop(op, call, fmt)

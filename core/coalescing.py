@@ -3,11 +3,10 @@
 The most common write in the field is one `$pseudonymizeAllowCreate` per identifier, sent by
 many clients at once. Group commit shares a commit between such requests but still runs each
 one's statements (on a database server, each one a round trip). An operation that can answer a
-list of calls at once (`Operation.batch_handler`, as for Bundles) and says that concurrent single
-calls may be merged (`Operation.coalesce`) is instead answered in batches: the first call runs at
-once; calls that arrive while a batch is in flight wait for it and then go together, in one unit
-of work, with one set of statements and one commit. Alone, a call adds no latency; under load the
-batches grow with the load.
+list of single calls at once (`Operation.coalesce`) is instead answered in batches: the first
+call runs at once; calls that arrive while a batch is in flight wait for it and then go together,
+in one unit of work, with one set of statements and one commit. Alone, a call adds no latency;
+under load the batches grow with the load.
 
 Each call keeps its own answer, format, audit and metrics, and gets its answer only after the
 commit that holds its writes. A call the batch handler refuses (a `FhirError` in its place)

@@ -120,10 +120,10 @@ class Executor:
         raise AssertionError("unreachable")
 
     def run_together(self, op: Operation, calls: list[Call], fmts: list[codec.Format]) -> list[Any]:
-        """Single calls of `op` answered together by its batch handler, in one unit of work
+        """Single calls of `op` answered together by its `coalesce` handler, in one unit of work
         (`core.coalescing`): per call its `Answer`, the `FhirError` it fails with alone (it wrote
         nothing), or None where the batch cannot answer for it and it must run on its own."""
-        assert op.batch_handler is not None
+        assert op.coalesce is not None
         for attempt in range(ATTEMPTS):
             unit = self._repository.begin()
             joined = _JoinedWork(unit)
@@ -132,13 +132,11 @@ class Executor:
                 call.audits.clear()
             try:
                 outcomes: list[Any] = []
-                for call, fmt, result in zip(calls, fmts, op.batch_handler(calls), strict=True):
+                for call, fmt, result in zip(calls, fmts, op.coalesce(calls), strict=True):
                     if isinstance(result, FhirError):
                         outcomes.append(result)
                         continue
-                    status, resource = _single_answer(result)
-                    if status >= 400:  # alone, its unit would be rolled back
-                        raise _Apart()
+                    status, resource = _single_answer(result)  # a failing Result wrote nothing either
                     outcomes.append(Answer(status, self._encoded(resource, fmt), count_items(call)))
                 unit.commit()
             except Busy:
@@ -149,15 +147,14 @@ class Executor:
                 continue
             except Exception as error:  # noqa: BLE001 - each call runs alone and meets it there
                 unit.rollback()
-                if not isinstance(error, _Apart):
-                    log.info("calls answered together fell back to single runs",
-                             extra={"operation": op.name, "error": type(error).__name__})
+                log.info("calls answered together fell back to single runs",
+                         extra={"operation": op.name, "error": type(error).__name__})
                 return [None] * len(calls)
             except BaseException:
                 unit.rollback()
                 raise
             for call, outcome in zip(calls, outcomes):
-                if isinstance(outcome, Answer):
+                if isinstance(outcome, Answer) and outcome.status < 400:
                     call.flush_audits()
                 else:
                     call.audits.clear()
@@ -301,10 +298,6 @@ class _EntryFailed(Exception):
     def __init__(self, status: int, resource: dict[str, Any] | None, outcome: dict[str, Any] | None) -> None:
         super().__init__(status)
         self.status, self.resource, self.outcome = status, resource, outcome
-
-
-class _Apart(Exception):
-    """A call of a coalesced batch whose answer only a run of its own gives."""
 
 
 def _single_answer(result: Any) -> tuple[int, dict[str, Any]]:

@@ -127,9 +127,11 @@ class Operation:
     one unit of work. `batch_handler`, where given, answers all entries of a Bundle in one call
     (a few store round trips instead of one unit per entry): it receives the bound calls and
     returns one answer per call — a resource, a `Result`, or a `FhirError` for an entry that fails
-    alone — and must not write for the entries it fails. With `coalesce=True` (which needs a
-    `batch_handler`), concurrent single calls of the operation may be answered together by it,
-    in one unit of work (`core.coalescing`); each call still gets its own answer and audit.
+    alone — and must not write for the entries it fails. `coalesce`, where given, answers
+    concurrent single calls of the operation together, in one unit of work (`core.coalescing`):
+    like `batch_handler` it receives the calls and returns one answer per call, each exactly what
+    `handler` would have answered that call alone (a failure, as a `FhirError` or a `Result`
+    with an error status, having written nothing); each call keeps its own answer and audit.
 
     An operation that does not affect state may also be invoked with GET, its parameters in the
     query string, as FHIR allows; `legacy_get` names aliases under which older versions served
@@ -157,11 +159,7 @@ class Operation:
     # embedded store with group commit it runs on the event loop and awaits its group's commit.
     quick_write: bool = False
     legacy_get: tuple[str, ...] = ()
-    coalesce: bool = False
-
-    def __post_init__(self) -> None:
-        if self.coalesce and self.batch_handler is None:
-            raise ValueError(f"operation {self.name}: coalesce needs a batch_handler")
+    coalesce: Callable[[list[Any]], list[Any]] | None = None
 
     def allows_get(self, invoked_as: str) -> bool:
         return not self.affects_state or invoked_as in self.legacy_get

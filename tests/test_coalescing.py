@@ -18,6 +18,7 @@ from conftest import DEMO_KEY, GPAS
 from ttp_gateway.core.app import create_app
 from ttp_gateway.core.execution import Executor
 from ttp_gateway.plugins.gpas.operations import GpasOperations
+from ttp_gateway.plugins.mii_psn.operations import MiiInterface
 
 DOMAIN = "MIRACUM"
 FHIR = "{http://hl7.org/fhir}"
@@ -41,9 +42,10 @@ def _batches(monkeypatch) -> list[int]:
     return sizes
 
 
-def _first_batch_waits(monkeypatch, seconds: float = 0.2) -> None:
+def _first_batch_waits(monkeypatch, seconds: float = 0.2, owner: type = GpasOperations,
+                       name: str = "pseudonymize_allow_create_together") -> None:
     """The first batch takes a while, so that the calls sent with it queue for the next."""
-    handler = GpasOperations.pseudonymize_allow_create_together
+    handler = getattr(owner, name)
     first = threading.Event()
 
     def slow(self, calls):
@@ -52,7 +54,7 @@ def _first_batch_waits(monkeypatch, seconds: float = 0.2) -> None:
             threading.Event().wait(seconds)
         return handler(self, calls)
 
-    monkeypatch.setattr(GpasOperations, "pseudonymize_allow_create_together", slow)
+    monkeypatch.setattr(owner, name, slow)
 
 
 def _send_together(config, requests: list[Callable[[httpx2.AsyncClient], Any]]) -> tuple[list[Any], Any]:
@@ -192,3 +194,36 @@ def test_switched_off_with_group_commit(demo_config, monkeypatch) -> None:
     responses, _ = _send_together(config, [_create(DOMAIN, f"off-{i}") for i in range(10)])
     assert all(r.status_code == 200 for r in responses)
     assert sizes == []
+
+
+def test_mii_single_creates_are_answered_together_as_each_alone(demo_config, monkeypatch, caplog) -> None:
+    """The MII interface's `$pseudonymize`: each call answers 200 with its own Identifiers (as on
+    its own; only a Bundle entry says 201), an unknown context 404 alone, one audit record each."""
+    caplog.set_level(logging.INFO, logger="ttp_gateway.audit")
+    sizes = _batches(monkeypatch)
+    _first_batch_waits(monkeypatch, owner=MiiInterface, name="pseudonymize_together")
+
+    def mii(context: str, original: str) -> Callable[[httpx2.AsyncClient], Any]:
+        async def send(client: httpx2.AsyncClient) -> httpx2.Response:
+            return await client.post(f"{GPAS}/v2/$pseudonymize", json={"resourceType": "Parameters", "parameter": [
+                {"name": "context", "valueIdentifier": {"value": context}},
+                {"name": "original", "valueIdentifier": {"system": "https://example.org/ids", "value": original}}]})
+        return send
+
+    originals = [f"mii-together-{i}" for i in range(15)]
+    sent = originals * 2
+    responses, _ = _send_together(demo_config, [mii(DOMAIN, o) for o in sent] + [mii("NO-SUCH-CONTEXT", "x")])
+    assert max(sizes) > 1
+    assert [r.status_code for r in responses] == [200] * len(sent) + [404]
+    assert responses[-1].json()["resourceType"] == "OperationOutcome"
+    told: dict[str, set[str]] = {}
+    for original, response in zip(sent, responses):
+        parameter = {p["name"]: p["valueIdentifier"] for p in response.json()["parameter"]}
+        assert parameter["original"] == {"system": "https://example.org/ids", "value": original}
+        told.setdefault(original, set()).add(parameter["pseudonym"]["value"])
+    assert all(len(p) == 1 for p in told.values())
+    assert _lookup(demo_config, originals) == {o: next(iter(p)) for o, p in told.items()}  # gPAS sees the same
+    audits = [r for r in caplog.records if r.name == "ttp_gateway.audit" and r.getMessage() == "pseudonymize"
+              and r.audit.get("endpoint") == "gpas/v2"]
+    assert len(audits) == len(sent) and all(r.audit["items"] == 1 for r in audits)
+    assert sum(r.audit["created"] for r in audits) == len(originals)

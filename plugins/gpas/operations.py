@@ -263,7 +263,7 @@ class GpasOperations:
                      parameters=(_target("domain to look in"), originals), returns=(found, error)),
             self._op("pseudonymizeAllowCreate", self.pseudonymize_allow_create,
                      aliases=(LEGACY_ALLOW_CREATE,), legacy_get=(LEGACY_ALLOW_CREATE,), quick_write=True,
-                     batch_handler=self.pseudonymize_allow_create_together, coalesce=True,
+                     coalesce=self.pseudonymize_allow_create_together,
                      description="The pseudonyms of 1..n originals in one domain, created where "
                                  "missing; idempotent.",
                      parameters=(_target("domain to look in and create in", aliases=("domain",)),

@@ -176,7 +176,9 @@ class MiiInterface:
         return None
 
     # --- the operations, each over a list of calls --------------------------------------------
-    def pseudonymize(self, calls: list[Call]) -> Answers:
+    def pseudonymize(self, calls: list[Call], audit_each: bool = False) -> Answers:
+        """The calls of one Bundle (one audit record per context), or with `audit_each`
+        concurrent single calls of several clients answered together (a record each)."""
         answers: list[Any] = [None] * len(calls)  # each filled in below
         groups, asked = self._by_domain(calls, "original", answers, self._single_psn)
         if groups:
@@ -199,8 +201,16 @@ class MiiInterface:
                             {"name": "original", "valueIdentifier": original},
                             {"name": "pseudonym", "valueIdentifier": identifier(found[value], system)}]},
                             status, DONE)
-                    calls[indexes[0]].audit("pseudonymize", domain=domain.name, items=len(indexes), created=new)
+                        if audit_each:
+                            calls[index].audit("pseudonymize", domain=domain.name, items=1,
+                                               created=int(status == 201))
+                    if not audit_each:
+                        calls[indexes[0]].audit("pseudonymize", domain=domain.name, items=len(indexes),
+                                                created=new)
         return answers
+
+    def pseudonymize_together(self, calls: list[Call]) -> Answers:
+        return self.pseudonymize(calls, audit_each=True)
 
     def get_pseudonym(self, calls: list[Call]) -> Answers:
         answers: list[Any] = [None] * len(calls)  # each filled in below
@@ -337,7 +347,8 @@ class MiiInterface:
         return [
             self._op("pseudonymize", self.pseudonymize,
                      "The pseudonym of an original in a single-pseudonym domain, created if there is none.",
-                     (context, original), (*echoed, Param("pseudonym", "Identifier", 1, 1, "The pseudonym."))),
+                     (context, original), (*echoed, Param("pseudonym", "Identifier", 1, 1, "The pseudonym.")),
+                     together=self.pseudonymize_together),
             self._op("get-pseudonym", self.get_pseudonym,
                      "The pseudonym of an original in a single-pseudonym domain; 404 if there is none.",
                      (context, original), (*echoed, Param("pseudonym", "Identifier", 1, 1, "The pseudonym.")),
@@ -365,17 +376,33 @@ class MiiInterface:
         ]
 
     def _op(self, name: str, answer: Callable[[list[Call]], Answers], description: str,
-            parameters: tuple[Param, ...], returns: tuple[Param, ...], affects_state: bool = True) -> Operation:
+            parameters: tuple[Param, ...], returns: tuple[Param, ...], affects_state: bool = True,
+            together: Callable[[list[Call]], Answers] | None = None) -> Operation:
+        """An operation answered by `answer` for a Bundle's entries, for a single call (a list of
+        one), and, with `together`, for concurrent single calls answered at once."""
         op = Operation(endpoint=self.endpoint, name=name, handler=_single(answer), batch_handler=answer,
                        batch=True, transaction=True, affects_state=affects_state, quick_read=not affects_state,
-                       parameters=parameters, returns=returns, title=name, description=description)
+                       parameters=parameters, returns=returns, title=name, description=description,
+                       coalesce=_each_single(together) if together is not None else None)
         return replace(op, url=f"{CANONICAL}/{op.definition_id}")
 
 
+def _as_single(result: Result) -> Any:
+    """A call's answer on its own: a success is 200, whatever it made."""
+    return result.resource if result.status < 400 else result
+
+
 def _single(answer: Callable[[list[Call]], Answers]) -> Callable[[Call], Any]:
-    """A single call's handler: the answer to a list of one; a success is 200, whatever it made."""
+    """A single call's handler: the answer to a list of one."""
     def handle(call: Call) -> Any:
-        result = answer([call])[0]
-        return result.resource if result.status < 400 else result
+        return _as_single(answer([call])[0])
+
+    return handle
+
+
+def _each_single(answer: Callable[[list[Call]], Answers]) -> Callable[[list[Call]], list[Any]]:
+    """Concurrent single calls answered at once, each as it would be answered on its own."""
+    def handle(calls: list[Call]) -> list[Any]:
+        return [_as_single(result) for result in answer(calls)]
 
     return handle
