@@ -9,10 +9,10 @@ in one unit of work, with one set of statements and one commit. Alone, a call ad
 under load the batches grow with the load.
 
 Each call keeps its own answer, format, audit and metrics, and gets its answer only after the
-commit that holds its writes. A call the batch handler refuses (a `FhirError` in its place)
-wrote nothing and fails alone. Anything else that goes wrong in a batch — a handler error, an
-answer that cannot be encoded, a status the batch cannot express — rolls the batch back and runs
-each of its calls on its own, so that every call gets exactly the answer it would have got alone.
+commit that holds its writes. A call the handler refuses (a `FhirError`, or a `Result` with an
+error status, in its place) wrote nothing and fails alone. Anything else that goes wrong in a
+batch — a handler error, an answer that cannot be encoded — rolls the batch back and runs each of
+its calls on its own, so that every call gets exactly the answer it would have got alone.
 """
 
 from __future__ import annotations

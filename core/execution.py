@@ -121,8 +121,9 @@ class Executor:
 
     def run_together(self, op: Operation, calls: list[Call], fmts: list[codec.Format]) -> list[Any]:
         """Single calls of `op` answered together by its `coalesce` handler, in one unit of work
-        (`core.coalescing`): per call its `Answer`, the `FhirError` it fails with alone (it wrote
-        nothing), or None where the batch cannot answer for it and it must run on its own."""
+        (`core.coalescing`): per call its `Answer` (an error status among them), the `FhirError`
+        it fails with alone (it wrote nothing), or None where the batch cannot answer for it and it
+        must run on its own."""
         assert op.coalesce is not None
         for attempt in range(ATTEMPTS):
             unit = self._repository.begin()
