@@ -283,37 +283,16 @@ class _Member(WriteUnit):
             yield
 
     def commit(self) -> None:
-        if self._ended:
-            raise StorageError("the unit of work has ended")
-        self._ended = True
-        self._stores.clear()
-        group = self._group
-        try:
-            self._unit._control(self._statements[2])  # RELEASE: its writes join the group's
-        except BaseException:
-            self._rolled_back()
-            raise
+        group = self._released()
         self._committer.finished(group, succeeded=True)
         group.done.wait()
-        if group.error is not None:
-            raise group.error
-        for callback in self._callbacks:
-            callback()
+        self._after_commit(group)
 
     async def commit_async(self) -> None:
         """`commit` for a member on the event loop: the group's commit (an fsync) runs on a
         worker thread, scheduled once per group after the loop's ready work, so that every
         request the loop is handling anyway joins it first."""
-        if self._ended:
-            raise StorageError("the unit of work has ended")
-        self._ended = True
-        self._stores.clear()
-        group = self._group
-        try:
-            self._unit._control(self._statements[2])
-        except BaseException:
-            self._rolled_back()
-            raise
+        group = self._released()
         group.pending += 1
         loop = asyncio.get_running_loop()
         if group.commit_scheduled is None:
@@ -323,6 +302,22 @@ class _Member(WriteUnit):
         await asyncio.shield(group.commit_scheduled)
         if not group.done.is_set():  # a thread's member committed it first: wait for that
             await loop.run_in_executor(None, group.done.wait)
+        self._after_commit(group)
+
+    def _released(self) -> "_Group":
+        """End this member: RELEASE its savepoint, so that its writes join the group's."""
+        if self._ended:
+            raise StorageError("the unit of work has ended")
+        self._ended = True
+        self._stores.clear()
+        try:
+            self._unit._control(self._statements[2])
+        except BaseException:
+            self._rolled_back()
+            raise
+        return self._group
+
+    def _after_commit(self, group: "_Group") -> None:
         if group.error is not None:
             raise group.error
         for callback in self._callbacks:
