@@ -167,6 +167,13 @@ class GatewayApp:
             content, media_type = answer
         else:
             content = _encoded(answer, request.fmt)
+        written = audit_trail.written()
+        if written is not None:  # the records of what this request did go out before its answer
+            try:
+                await written
+            except OSError:
+                status, answer = internal_error("audit trail", request.op)
+                content, media_type = _encoded(answer, request.fmt), request.media_type
         if request.observed:
             self.metrics.observe(request.endpoint, request.operation, status, time.perf_counter() - started,
                                  answer.items if isinstance(answer, Answer) else 0)
@@ -176,13 +183,6 @@ class GatewayApp:
                                            "ms": round((time.perf_counter() - started) * 1000, 2),
                                            "items": answer.items if isinstance(answer, Answer) else 0,
                                            "client": request.client.name if request.client else None})
-        written = audit_trail.written()
-        if written is not None:  # the records of what this request did go out before its answer
-            try:
-                await written
-            except OSError:
-                status, answer = internal_error("audit trail", request.op)
-                content, media_type = _encoded(answer, request.fmt), request.media_type
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", str(len(content)).encode()), *request.extra_headers]})
