@@ -16,12 +16,10 @@ A site sets `PSEUDONYMIZATION_SERVER.ENDPOINT_URL` to `[base]/ttp-fhir/fhir/gpas
 
 from __future__ import annotations
 
-from xml.etree import ElementTree
-
 from client_wire import GPAS, sqlite_storage_url, wire_client  # noqa: F401
+from dicomshield_wire import extracted_mappings
 
 DOMAIN = "DicomShield"
-NS = {"f": "http://hl7.org/fhir"}
 
 
 def body(kind: str, values: list[str]) -> bytes:
@@ -43,34 +41,16 @@ def body(kind: str, values: list[str]) -> bytes:
         """.encode()
 
 
-def mapping(response) -> list[tuple[str, str]]:
-    """PseudonymMapper._extract_mappings."""
-    response.raise_for_status()
-    tree = ElementTree.fromstring(response.content)
-    result = []
-    for param in tree.findall("f:parameter", NS):
-        orig = pseudonym = None
-        for part in param.findall("f:part", NS):
-            name = part.find("f:name", NS).get("value")
-            if name == "original":
-                orig = part.find("f:valueIdentifier/f:value", NS).get("value")
-            elif name == "pseudonym":
-                pseudonym = part.find("f:valueIdentifier/f:value", NS).get("value")
-        if orig and pseudonym:
-            result.append((orig, pseudonym))
-    return result
-
-
 def test_pseudonymize_and_back(demo_config) -> None:
     ids = ["PAT-0001", "1.2.840.113619.2.55.3.604688119.969.1268071029.320"]
     with wire_client(demo_config, accept="*/*") as client:
         created = client.post(f"{GPAS}/$pseudonymizeAllowCreate", content=body("original", ids),
                               headers={"Content-Type": "application/fhir+xml"})
-        pseudonyms = dict(mapping(created))
+        pseudonyms = dict(extracted_mappings(created))
         assert set(pseudonyms) == set(ids) and len(set(pseudonyms.values())) == 2
         back = client.post(f"{GPAS}/$dePseudonymize", content=body("pseudonym", list(pseudonyms.values())),
                            headers={"Content-Type": "application/fhir+xml"})
-        assert {p: o for o, p in mapping(back)} == {p: o for o, p in pseudonyms.items()}
+        assert {p: o for o, p in extracted_mappings(back)} == {p: o for o, p in pseudonyms.items()}
 
 
 def test_connection_test(demo_config) -> None:

@@ -32,18 +32,17 @@ points `ENDPOINT_URL`; the domain is `DicomShield`, as its README has a site cre
 from __future__ import annotations
 
 import json
-from xml.etree import ElementTree
 
 import pytest
 
 from conftest import client_for
+from dicomshield_wire import extracted_mappings
 from mii_wire import BASE, GPAS
 
 MII_URL = BASE + "/"
 DRAFT_URL = "/ttp-fhir/fhir/gpas/v2-draft"
 FIRELY_CONTENT_TYPE = "application/fhir+json; charset=utf-8"
 FIRELY_ACCEPT = "application/fhir+json"
-NS = {"f": "http://hl7.org/fhir"}
 TRANSIENT = {401, 403, 408, 429}
 
 
@@ -203,22 +202,8 @@ def dicomshield_body(kind: str, values: list[str], allow_create: bool) -> bytes:
 
 def dicomshield_post(client, endpoint_url: str, operation: str, body: bytes) -> list[tuple[str, str]]:
     """PseudonymClient.post, then PseudonymMapper._extract_mappings."""
-    response = client.post(f"{endpoint_url}/${operation}", content=body,
-                           headers={"Content-Type": "application/fhir+xml"})
-    response.raise_for_status()
-    tree = ElementTree.fromstring(response.content)
-    result = []
-    for param in tree.findall("f:parameter", NS):
-        orig = pseudonym = None
-        for part in param.findall("f:part", NS):
-            name = part.find("f:name", NS).get("value")
-            if name == "original":
-                orig = part.find("f:valueIdentifier/f:value", NS).get("value")
-            elif name == "pseudonym":
-                pseudonym = part.find("f:valueIdentifier/f:value", NS).get("value")
-        if orig and pseudonym:
-            result.append((orig, pseudonym))
-    return result
+    return extracted_mappings(client.post(f"{endpoint_url}/${operation}", content=body,
+                                          headers={"Content-Type": "application/fhir+xml"}))
 
 
 def test_dicomshield_pseudonymizes_and_back(demo_config) -> None:
