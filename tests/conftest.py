@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
@@ -42,24 +43,30 @@ def _postgres_admin():
                            autocommit=True, connect_timeout=3)
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh database for this test session; its URL."""
+@contextmanager
+def fresh_postgres_database(name: str) -> Iterator[str]:
+    """A database of that name, created now and dropped afterwards; its URL. Skips (or fails,
+    where PostgreSQL is required) when no server is reachable."""
     try:
         admin = _postgres_admin()
     except Exception as exc:  # noqa: BLE001 - any failure means: no server here
         if REQUIRE_POSTGRES:
             pytest.fail(f"PostgreSQL is required but not reachable: {type(exc).__name__}")
         pytest.skip("PostgreSQL not reachable")
-    name = f"ttp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{name}"
+        yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
         with _postgres_admin() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database for this test session; its URL."""
+    with fresh_postgres_database(f"ttp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 def _empty_postgres(url: str) -> None:

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import BACKENDS, MONGODB_URL, POSTGRES_ADMIN_URL, REQUIRE_POSTGRES, _postgres_admin
+from conftest import BACKENDS, MONGODB_URL, fresh_postgres_database
 
 from .harness import GatewayUnderTest, hostile_config
 
@@ -20,19 +20,8 @@ def module_storage_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'gateway.db'}"
     elif kind == "postgresql":
-        try:
-            admin = _postgres_admin()
-        except Exception as exc:  # noqa: BLE001 - any failure means: no server here
-            if REQUIRE_POSTGRES:
-                pytest.fail(f"PostgreSQL is required but not reachable: {type(exc).__name__}")
-            pytest.skip("PostgreSQL not reachable")
-        with admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-        finally:
-            with _postgres_admin() as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with fresh_postgres_database(name) as url:
+            yield url
     elif kind == "mongomock":
         yield f"mongomock://localhost/{name}"
     else:
